@@ -6,6 +6,8 @@ episode from the same cached first state. Here the time limit is gymnax's ``trun
 every reset draws a fresh initial state.
 """
 
+import contextlib
+import io
 from typing import Any
 
 import jax.numpy as jnp
@@ -28,11 +30,9 @@ class BraxEnv(environment.Environment):
     """A brax environment (``brax.envs.get_environment(name, backend=...)``) as a gymnax one."""
 
     def __init__(self, name: str, backend: str = "positional"):
-        from brax import envs  # brax is slow to import; only brax users pay for it
-
         super().__init__()
         self.brax_name = name
-        self._env = envs.get_environment(name, backend=backend)
+        self._env = _brax_envs().get_environment(name, backend=backend)
 
     @property
     def default_params(self) -> BraxEnvParams:
@@ -63,7 +63,13 @@ class BraxEnv(environment.Environment):
         return spaces.Box(-jnp.inf, jnp.inf, (self._env.observation_size,), jnp.float32)
 
 
-def names() -> list[str]:
-    from brax import envs
+def _brax_envs():
+    """brax.envs, imported on first use (it is slow), without the 'Failed to import warp'
+    lines that mujoco prints to stdout when the optional warp package is absent."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        from brax import envs
+    return envs
 
-    return sorted(envs._envs)  # brax keeps its registry private; it has no public listing
+
+def names() -> list[str]:
+    return sorted(_brax_envs()._envs)  # brax keeps its registry private; it has no public listing

@@ -1,0 +1,149 @@
+"""``rljax train | sweep | eval | envs``.
+
+Bad input (unknown names, out-of-range fields, an existing run directory) ends with one line
+naming the problem and exit status 2, never a traceback.
+"""
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("algo", help="algorithm name, e.g. ppo")
+    parser.add_argument("--env", help="environment name (see `rljax envs`)")
+    parser.add_argument("--config", type=Path, help="a YAML preset, e.g. configs/ppo/cartpole.yaml")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="set a config field (lr=3e-4) or an env option (env.normalize_obs=true)",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, help="number of seeds, vmapped (default 1)")
+    parser.add_argument("--seed", type=int, help="first seed (default 0)")
+    parser.add_argument("--total-steps", type=float, help="environment steps per member")
+    parser.add_argument("--out", type=Path, help="run directory (default runs/ALGO-ENV-TIME)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--chunk-updates", type=int, help="updates per jitted chunk")
+    parser.add_argument(
+        "--checkpoint-seconds", type=float, default=60.0, help="least seconds between checkpoints"
+    )
+    parser.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
+    parser.add_argument("--wandb", metavar="PROJECT", help="also log to this W&B project")
+
+
+def _spec(args, grid: dict):
+    from rljax.runner.config import ConfigError, parse_assignments
+    from rljax.runner.run import RunSpec
+
+    preset = yaml.safe_load(args.config.read_text()) if args.config else {}
+    if preset.get("algo", args.algo) != args.algo:
+        raise ConfigError(f"{args.config} is a preset for {preset['algo']}, not {args.algo}")
+    env = dict(preset.get("env", {}))
+    agent = dict(preset.get("agent", {}))
+    for key, value in parse_assignments(args.set).items():
+        if key.startswith("env."):
+            env[key.removeprefix("env.")] = yaml.safe_load(value)
+        else:
+            agent[key] = value
+    if args.env:
+        env["name"] = args.env
+    if "name" not in env:
+        raise ConfigError("no environment: pass --env NAME (or a --config preset that names one)")
+    if args.total_steps is not None:
+        agent["total_timesteps"] = int(args.total_steps)
+    return RunSpec(
+        algo=args.algo,
+        env=env,
+        agent=agent,
+        grid=grid,
+        seeds=args.seeds if args.seeds is not None else preset.get("seeds", 1),
+        seed=args.seed if args.seed is not None else preset.get("seed", 0),
+        chunk_updates=args.chunk_updates,
+    )
+
+
+def _train(args, grid: dict) -> None:
+    from rljax.runner.run import train
+
+    spec = _spec(args, grid)
+    out = args.out
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{spec.algo}-{spec.env['name'].replace('/', '_')}-{stamp}"
+    train(
+        spec, out, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds,
+        tensorboard=args.tensorboard, wandb_project=args.wandb,
+    )  # fmt: skip
+
+
+def _sweep(args) -> None:
+    from rljax.runner.config import parse_grid
+
+    _train(args, parse_grid(args.grid))
+
+
+def _eval(args) -> None:
+    import numpy as np
+
+    from rljax.runner.policy import evaluate
+
+    returns, program, step = evaluate(args.run_dir, args.episodes, args.deterministic, args.seed)
+    returns = np.asarray(returns)
+    mode = "deterministic" if args.deterministic else "stochastic"
+    print(f"{args.run_dir}: update {step}, {args.episodes} {mode} episodes per member")
+    for m, (config_index, seed_index) in enumerate(program.members):
+        print(
+            f"  member {m} (config {config_index}, seed {program.spec.seed + seed_index}): "
+            f"return {returns[m].mean():.2f} +- {returns[m].std():.2f}"
+        )
+
+
+def _envs(args) -> None:
+    from rljax import envs
+
+    for source, names in envs.names().items():
+        if names:
+            print(f"{source}:")
+            print("\n".join(f"  {name}" for name in names))
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="rljax", description=__doc__.splitlines()[0])
+    commands = main.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train an agent over one or more seeds")
+    _run_options(train)
+    train.set_defaults(handler=lambda args: _train(args, {}))
+    sweep = commands.add_parser("sweep", help="train a grid of configs x seeds as one program")
+    _run_options(sweep)
+    sweep.add_argument(
+        "--grid", action="append", required=True, metavar="FIELD=V1,V2,...",
+        help="values of a traced config field; repeat for a Cartesian product",
+    )  # fmt: skip
+    sweep.set_defaults(handler=_sweep)
+    evaluate = commands.add_parser("eval", help="evaluate the latest checkpoint of a run")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--episodes", type=int, default=16)
+    evaluate.add_argument("--deterministic", action="store_true")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.set_defaults(handler=_eval)
+    listing = commands.add_parser("envs", help="list every environment name")
+    listing.set_defaults(handler=_envs)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from rljax.runner.run import RunError
+
+    try:
+        args.handler(args)
+    except (ValueError, RunError, FileNotFoundError, ImportError) as error:
+        print(f"rljax: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

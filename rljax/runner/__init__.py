@@ -1,0 +1,1 @@
+"""Runs agents: configs and sweeps, chunked jitted training, checkpoints, logs, plots."""

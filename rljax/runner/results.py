@@ -1,0 +1,72 @@
+"""Learning curves, final returns and sweep rankings, with bootstrap confidence intervals."""
+
+import numpy as np
+
+CI_LEVEL = 0.95
+
+
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean: the mean of the middle 50% (Agarwal et al., NeurIPS 2021)."""
+    x = np.sort(x, axis=axis)
+    n = x.shape[axis]
+    low, high = int(np.floor(0.25 * n)), int(np.ceil(0.75 * n))
+    return np.take(x, np.arange(low, max(high, low + 1)), axis=axis).mean(axis=axis)
+
+
+def bootstrap_ci(x: np.ndarray, statistic=np.mean, resamples: int = 2000, seed: int = 0):
+    """Percentile bootstrap CI of ``statistic`` over the first axis (seeds)."""
+    x = np.asarray(x, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(x), size=(resamples, len(x)))
+    stats = statistic(np.moveaxis(x[index], 1, -1), axis=-1)
+    tail = 100 * (1 - CI_LEVEL) / 2
+    return np.percentile(stats, tail, axis=0), np.percentile(stats, 100 - tail, axis=0)
+
+
+def smoothed_returns(returns: np.ndarray, episodes: np.ndarray, window: int) -> np.ndarray:
+    """Episode-weighted moving mean of per-update returns, (members, updates).
+
+    Updates in which no episode finished carry NaN returns and zero weight.
+    """
+    weights = np.where(episodes > 0, episodes, 0.0)
+    weighted = np.where(episodes > 0, np.nan_to_num(returns) * weights, 0.0)
+    kernel = np.ones(window)
+
+    def moving_sum(x):
+        return np.apply_along_axis(lambda row: np.convolve(row, kernel)[: len(row)], -1, x)
+
+    total = moving_sum(weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, moving_sum(weighted) / total, np.nan)
+
+
+def final_returns(returns: np.ndarray, episodes: np.ndarray, fraction: float = 0.05):
+    """Mean return of the episodes finished in the last ``fraction`` of updates, per member."""
+    last = max(1, int(np.ceil(fraction * returns.shape[-1])))
+    return smoothed_returns(returns[:, -last:], episodes[:, -last:], last)[:, -1]
+
+
+def plot_curves(path, env_steps, curves: dict[str, np.ndarray], title: str) -> None:
+    """One line per label: mean over seeds with a bootstrap 95% CI band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, curve in curves.items():  # curve: (seeds, updates)
+        valid = ~np.isnan(curve).any(axis=0)
+        mean = np.nanmean(np.where(valid, curve, np.nan), axis=0)
+        line = axis.plot(env_steps, mean, label=label)[0]
+        if len(curve) > 1 and valid.any():
+            low, high = bootstrap_ci(curve[:, valid], resamples=500)
+            axis.fill_between(env_steps[valid], low, high, color=line.get_color(), alpha=0.2)
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("episode return")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    if len(curves) > 1:
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
