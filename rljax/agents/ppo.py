@@ -263,7 +263,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return (params, opt_state), {"loss": loss, "grad_norm": optax.global_norm(grads), **parts}
+        return (params, opt_state), {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
 
     def epoch(carry, _):
         params, opt_state, rng = carry

@@ -55,8 +55,9 @@ def plot_curves(path, env_steps, curves: dict[str, np.ndarray], title: str) -> N
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, curve in curves.items():  # curve: (seeds, updates)
-        valid = ~np.isnan(curve).any(axis=0)
-        mean = np.nanmean(np.where(valid, curve, np.nan), axis=0)
+        valid = ~np.isnan(curve).any(axis=0)  # points where every seed has finished an episode
+        mean = np.where(valid, curve, 0.0).mean(axis=0)
+        mean[~valid] = np.nan
         line = axis.plot(env_steps, mean, label=label)[0]
         if len(curve) > 1 and valid.any():
             low, high = bootstrap_ci(curve[:, valid], resamples=500)

@@ -1,0 +1,90 @@
+"""The rljax command line: end to end in a subprocess, and every bad input as a named error."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rljax import cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=2"]
+TINY += ["--total-steps", "512", "--chunk-updates", "2"]
+
+
+def rljax(*args, cwd=None) -> subprocess.CompletedProcess:
+    # The console script beside this interpreter (its venv), else whichever is on PATH.
+    executable = shutil.which("rljax", path=str(Path(sys.executable).parent)) or shutil.which(
+        "rljax"
+    )
+    assert executable, "the rljax console script is not installed"
+    return subprocess.run(
+        [executable, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_train_eval_and_envs_end_to_end(tmp_path):
+    """A preset, two seeds, progress lines, every result file; then eval and envs."""
+    preset = REPO / "configs" / "ppo" / "cartpole.yaml"
+    done = rljax(
+        "train", "ppo", "--config", preset, "--seeds", "2", *TINY, "--out", tmp_path / "run"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("steps/s") == 4 and "[####################] 100.0%" in done.stdout
+    for name in ("config.yaml", "metrics.csv", "curve.png", "summary.json", "checkpoints"):
+        assert (tmp_path / "run" / name).exists(), name
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [row["seed"] for row in summary["final_returns"]] == [0, 1]
+    assert summary["versions"]["jax"] and summary["compile_seconds"] > 0
+    assert summary["resolved"]["hidden_sizes"] == [64, 64]  # from the preset
+
+    evaluated = rljax("eval", tmp_path / "run", "--episodes", "3", "--deterministic")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "member 1 (config 0, seed 1): return" in evaluated.stdout
+
+    listing = rljax("envs")
+    assert listing.returncode == 0 and "brax/hopper" in listing.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "ppo", "--env", "CartPol-v1"], "unknown environment 'CartPol-v1'"),
+        (
+            ["train", "dqn9", "--env", "CartPole-v1"],
+            "unknown algorithm 'dqn9'; known algorithms: ppo",
+        ),
+        (["train", "ppo", "--env", "CartPole-v1", "--set", "lrr=1"], "no field 'lrr'"),
+        (["train", "ppo", "--env", "CartPole-v1", "--set", "gamma=2"], "gamma=2.0 is out of range"),
+        (
+            ["train", "ppo", "--env", "CartPole-v1", "--set", "env.max_steps=9"],
+            "no parameter max_steps",
+        ),
+        (["train", "ppo", "--env", "CartPole-v1", "--seeds", "0"], "seeds=0 is out of range"),
+        (
+            ["sweep", "ppo", "--env", "CartPole-v1", "--grid", "num_envs=4,8"],
+            "cannot sweep 'num_envs'",
+        ),
+        (["train", "ppo"], "pass --env NAME"),
+        (["train", "ppo", "--env", "CartPole-v1", "--set", "num_minibatches=3"], "must divide"),
+    ],
+)
+def test_bad_input_is_one_named_error(args, message, tmp_path, capsys):
+    status = cli.main([*args, "--out", str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert status == 2 and message in error and "Traceback" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_directory_is_refused(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    status = cli.main(["train", "ppo", "--env", "CartPole-v1", "--out", str(tmp_path / "run")])
+    assert status == 2 and "already exists; pass --resume" in capsys.readouterr().err
+
+
+def test_eval_of_a_directory_that_is_no_run(tmp_path, capsys):
+    assert cli.main(["eval", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
