@@ -135,10 +135,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from rljax.runner.run import RunError
+    from rljax.runner.run import Divergence, Interrupted, RunError
 
     try:
         args.handler(args)
+    except Interrupted as stop:  # checkpointed; the conventional status of a signalled process
+        print(f"rljax: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except Divergence as error:
+        print(f"rljax: error: {error}", file=sys.stderr)
+        return 1
     except (ValueError, RunError, FileNotFoundError, ImportError) as error:
         print(f"rljax: error: {error}", file=sys.stderr)
         return 2

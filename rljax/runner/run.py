@@ -7,9 +7,8 @@ uses the key ``PRNGKey(seed + s)``, so a sweep member reproduces the single run 
 
 import dataclasses
 import datetime
-import importlib.metadata
 import json
-import platform
+import signal
 import time
 from pathlib import Path
 
@@ -20,12 +19,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rljax import agents, envs
 from rljax.runner import config as config_lib
-from rljax.runner import results
+from rljax.runner import metadata, results
 from rljax.runner.checkpoint import Checkpoints
-from rljax.runner.sinks import CsvLog, TensorBoardSink, WandbSink
+from rljax.runner.guard import Divergence, Interrupted, StopSignals, first_failures, params_finite
+from rljax.runner.sinks import KEY_COLUMNS, CsvLog, TensorBoardSink, WandbSink
 
-VERSIONED = ["jax", "jaxlib", "flax", "optax", "chex", "distrax", "gymnax", "brax"]
-VERSIONED += ["orbax-checkpoint", "numpy", "rljax"]
+__all__ = ["Divergence", "Interrupted", "RunDirectoryExists", "RunError", "RunSpec", "train"]
 
 
 class RunError(RuntimeError):
@@ -66,6 +65,7 @@ class Program:
     stacked: object  # the members' configs stacked on a leading axis
     keys: jax.Array
     sharding: NamedSharding
+    traces: int = 0  # how often the chunk function was traced: once per run
 
     @property
     def base(self):
@@ -86,13 +86,17 @@ class Program:
         return jax.jit(init, out_shardings=self.sharding)
 
     def chunk_fn(self, num_updates: int):
+        """(configs, states) -> (states, metrics, params finite), num_updates per member."""
         agent, env, env_params = self.agent, self.env, self.env_params
 
         def run_member(config, state):
+            self.traces += 1  # runs while tracing only: counts compilations, not calls
+
             def one_update(state, _):
                 return agent.update(config, env, env_params, state)
 
-            return jax.lax.scan(one_update, state, None, num_updates)
+            state, metrics = jax.lax.scan(one_update, state, None, num_updates)
+            return state, metrics, params_finite(state.params)
 
         return jax.jit(jax.vmap(run_member), donate_argnums=(1,), out_shardings=self.sharding)
 
@@ -129,21 +133,6 @@ def chunk_size(num_updates: int) -> int:
     return max(d for d in range(1, limit + 1) if num_updates % d == 0)
 
 
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def devices() -> dict:
-    local = jax.local_devices()
-    return {"backend": jax.default_backend(), "kind": local[0].device_kind, "count": len(local)}
-
-
 def train(
     spec: RunSpec,
     out: Path,
@@ -154,18 +143,14 @@ def train(
     wandb_project: str | None = None,
     print_fn=print,
 ) -> dict:
-    """Trains (or resumes) the run in ``out`` and returns its summary."""
-    out = Path(out)
-    saved = out / "config.yaml"
-    if out.exists() and not resume:
-        raise RunDirectoryExists(
-            f"run directory {out} already exists; pass --resume to continue it, "
-            "or choose another --out"
-        )
-    if resume and saved.exists() and RunSpec.load(saved) != spec:
-        differences = _differences(RunSpec.load(saved), spec)
-        raise RunError(f"cannot resume {out}: the run was started with {differences}")
+    """Trains (or resumes) the run in ``out`` and returns its summary.
 
+    Raises Divergence when every member has diverged, and Interrupted after a final checkpoint
+    when SIGTERM or SIGINT arrives; the run directory then resumes with ``resume=True``.
+    """
+    out = Path(out)
+    _check_directory(spec, out, resume)
+    metadata.enable_compilation_cache()
     program = build(spec)
     num_updates = program.base.num_updates
     if num_updates < 1:
@@ -178,33 +163,29 @@ def train(
         raise config_lib.FieldOutOfRange(
             f"chunk_updates={per_chunk} must divide the number of updates ({num_updates})"
         )
-
     print_fn(
         f"{spec.algo} on {spec.env['name']}: {len(program.members)} member(s) "
         f"x {num_updates} updates of {program.base.steps_per_update} steps, as one program"
     )
+
     start = time.perf_counter()
     init_jit, chunk_jit = program.init_fn(), program.chunk_fn(per_chunk)
     abstract_state = program.abstract(jax.eval_shape(init_jit, program.stacked, program.keys))
-    metric_names = sorted(jax.eval_shape(chunk_jit, program.stacked, abstract_state)[1])
     init_fn = init_jit.lower(program.stacked, program.keys).compile()
     chunk_fn = chunk_jit.lower(program.stacked, abstract_state).compile()
+    metric_names = sorted(chunk_fn.out_info[1])
     compile_seconds = time.perf_counter() - start
 
-    out.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing
-    if not saved.exists():
-        record = {"run": dataclasses.asdict(spec), "resolved": config_lib.as_dict(program.base)}
-        saved.write_text(yaml.safe_dump(record, sort_keys=False))
-
+    _write_run_files(out, spec, program)
     checkpoints = Checkpoints(out / "checkpoints")
     log = CsvLog(out / "metrics.csv", metric_names)
-    done = checkpoints.latest_step() if resume else None
+    done, state = checkpoints.restore_latest(abstract_state) if resume else (None, None)
     if done is None:
         done, state = 0, init_fn(program.stacked, program.keys)
     else:
-        state = checkpoints.restore(done, abstract_state)
         print_fn(f"resuming {out} from update {done} of {num_updates}")
     log.truncate_after(done)
+    failures = _logged_failures(log, len(program.members), done)
 
     sinks = []
     if tensorboard:
@@ -213,35 +194,118 @@ def train(
         sinks.append(WandbSink(wandb_project, out, dataclasses.asdict(spec)))
 
     steps_per_update = program.base.steps_per_update
-    resumed_at = done
+    resumed_at, steps_per_second = done, None
     loop_start = last_checkpoint = time.perf_counter()
-    for first in range(done, num_updates, per_chunk):
-        state, metrics = chunk_fn(program.stacked, state)
-        metrics = {name: np.asarray(value) for name, value in jax.device_get(metrics).items()}
-        updates = np.arange(first + 1, first + per_chunk + 1)
-        log.append(_rows(program.members, updates, steps_per_update, metrics))
+    try:
+        with StopSignals() as stop:
+            for first in range(done, num_updates, per_chunk):
+                state, metrics, finite = chunk_fn(program.stacked, state)
+                metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+                updates = np.arange(first + 1, first + per_chunk + 1)
+                log.append(_rows(program.members, updates, steps_per_update, metrics))
+                for sink in sinks:
+                    sink.write(updates * steps_per_update, metrics)
+                new = first_failures(metrics, updates, np.asarray(finite))
+                new = {m: failure for m, failure in new.items() if m not in failures}
+                for member, failure in new.items():
+                    print_fn(f"warning: {_failure_text(program, member, failure)}; marked failed")
+                failures.update(new)
+                if len(failures) == len(program.members):
+                    last = checkpoints.latest_step()
+                    kept = (
+                        "no checkpoint was written"
+                        if last is None
+                        else (f"the last good checkpoint (update {last}) is kept")
+                    )
+                    raise Divergence(
+                        f"every member diverged: {_failures_text(program, failures)}; {kept}"
+                    )
+                done = first + per_chunk
+                now = time.perf_counter()
+                if (
+                    stop.received
+                    or done == num_updates
+                    or now - last_checkpoint >= checkpoint_seconds
+                ):
+                    checkpoints.save(done, state)
+                    last_checkpoint = now
+                steps_per_second = (
+                    len(program.members)
+                    * steps_per_update
+                    * (done - resumed_at)
+                    / (now - loop_start)
+                )
+                eta = (num_updates - done) * (now - loop_start) / (done - resumed_at)
+                print_fn(
+                    _progress(done, num_updates, steps_per_update, metrics, steps_per_second, eta)
+                )
+                if stop.received and done < num_updates:
+                    name = signal.Signals(stop.received).name
+                    raise Interrupted(
+                        f"stopped by {name} after update {done} of {num_updates}; the checkpoint "
+                        f"is saved: continue with --resume --out {out}",
+                        stop.received,
+                    )
+    finally:
+        checkpoints.close()
         for sink in sinks:
-            sink.write(updates * steps_per_update, metrics)
-        done = first + per_chunk
-        now = time.perf_counter()
-        if now - last_checkpoint >= checkpoint_seconds or done == num_updates:
-            checkpoints.save(done, state)
-            last_checkpoint = now
-        steps_per_second = (
-            len(program.members) * steps_per_update * (done - resumed_at) / (now - loop_start)
-        )
-        eta = (num_updates - done) * (now - loop_start) / (done - resumed_at)
-        print_fn(_progress(done, num_updates, steps_per_update, metrics, steps_per_second, eta))
-    checkpoints.close()
-    for sink in sinks:
-        sink.close()
+            sink.close()
 
     timing = {
         "compile_seconds": round(compile_seconds, 2),
         "train_seconds": round(time.perf_counter() - loop_start, 2),
-        "steps_per_second": round(steps_per_second, 1) if done > resumed_at else None,
+        "steps_per_second": None if steps_per_second is None else round(steps_per_second, 1),
+        "chunk_traces": program.traces,
     }
-    return _finish(program, out, log.read(), num_updates, timing, print_fn)
+    return _finish(program, out, log.read(), num_updates, timing, failures, print_fn)
+
+
+def _check_directory(spec: RunSpec, out: Path, resume: bool) -> None:
+    if out.exists() and not resume:
+        raise RunDirectoryExists(
+            f"run directory {out} already exists; pass --resume to continue it, "
+            "or choose another --out"
+        )
+    saved = out / "config.yaml"
+    if resume and saved.exists() and RunSpec.load(saved) != spec:
+        differences = _differences(RunSpec.load(saved), spec)
+        raise RunError(f"cannot resume {out}: the run was started with {differences}")
+
+
+def _write_run_files(out: Path, spec: RunSpec, program: Program) -> None:
+    """config.yaml once; run_info.json gains one record per start (where and with what)."""
+    out.mkdir(parents=True, exist_ok=True)  # only after compiling: a bad run leaves nothing
+    saved = out / "config.yaml"
+    if not saved.exists():
+        record = {"run": dataclasses.asdict(spec), "resolved": config_lib.as_dict(program.base)}
+        saved.write_text(yaml.safe_dump(record, sort_keys=False))
+    info = out / "run_info.json"
+    starts = json.loads(info.read_text())["starts"] if info.exists() else []
+    info.write_text(json.dumps({"starts": [*starts, metadata.environment()]}, indent=2))
+
+
+def _logged_failures(log: CsvLog, num_members: int, done: int) -> dict:
+    """Failures found again in the logged metrics of a resumed run (none for a new one)."""
+    if done == 0:
+        return {}
+    table = log.read()
+    names = [name for name in table if name not in KEY_COLUMNS]
+    metrics = {name: table[name].reshape(num_members, done) for name in names}
+    return first_failures(metrics, np.arange(1, done + 1), np.ones(num_members, bool))
+
+
+def _failure_text(program: Program, member: int, failure: tuple) -> str:
+    config_index, seed_index = program.members[member]
+    quantities, update = failure
+    verb = "is" if len(quantities) == 1 else "are"
+    return (
+        f"member {member} (config {config_index}, seed {program.spec.seed + seed_index}): "
+        f"{', '.join(quantities)} {verb} not finite at update {update}"
+    )
+
+
+def _failures_text(program: Program, failures: dict) -> str:
+    return "; ".join(_failure_text(program, m, failures[m]) for m in sorted(failures))
 
 
 def _progress(done, total, steps_per_update, metrics, steps_per_second, eta_seconds) -> str:
@@ -257,7 +321,7 @@ def _progress(done, total, steps_per_update, metrics, steps_per_second, eta_seco
     return line + f"  ETA {datetime.timedelta(seconds=round(eta_seconds))}"
 
 
-def _finish(program: Program, out: Path, table: dict, num_updates, timing, print_fn) -> dict:
+def _finish(program: Program, out, table: dict, num_updates, timing, failures, print_fn) -> dict:
     """Writes curve.png, summary.json and, for sweeps, sweep.csv; returns the summary."""
     spec, members = program.spec, program.members
     summary = {
@@ -265,20 +329,21 @@ def _finish(program: Program, out: Path, table: dict, num_updates, timing, print
         "env": spec.env["name"],
         "run": dataclasses.asdict(spec),
         "resolved": config_lib.as_dict(program.base),
-        "versions": versions(),
-        "devices": devices(),
+        "environment": metadata.environment(),
         "num_updates": num_updates,
         "env_steps_per_member": num_updates * program.base.steps_per_update,
         **timing,
+        "failed": {str(m): _failure_text(program, m, f) for m, f in sorted(failures.items())},
     }
     if "episode_return" in table:
         shape = (len(members), num_updates)
         returns = table["episode_return"].reshape(shape)
         episodes = table["episodes"].reshape(shape)
         final = results.final_returns(returns, episodes)
+        final[list(failures)] = np.nan
         summary["final_returns"] = [
             {"member": m, "config": c, "seed": spec.seed + s, **_point(spec, c),
-             "final_return": _number(final[m])}
+             "final_return": _number(final[m]), "failed": m in failures}
             for m, (c, s) in enumerate(members)
         ]  # fmt: skip
         window = max(1, num_updates // 50)
@@ -288,41 +353,45 @@ def _finish(program: Program, out: Path, table: dict, num_updates, timing, print
             _label(spec, c): curves[[m for m, (ci, _) in enumerate(members) if ci == c]]
             for c in range(len(program.configs))
         }
-        results.plot_curves(
-            out / "curve.png", env_steps, by_config, f"{spec.algo} on {spec.env['name']}"
-        )
-        summary["ranking"] = _rank(spec, members, final, out, print_fn)
+        title = f"{spec.algo} on {spec.env['name']}"
+        results.plot_curves(out / "curve.png", env_steps, by_config, title)
+        summary["ranking"] = _rank(spec, members, final, failures, out, print_fn)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_fn(f"results in {out}: summary.json, metrics.csv, curve.png, checkpoints/")
     return summary
 
 
-def _rank(spec, members, final, out: Path, print_fn) -> list[dict]:
-    """Configs ranked by the IQM over seeds of their final return, with a bootstrap CI."""
+def _rank(spec, members, final, failures, out: Path, print_fn) -> list[dict]:
+    """Configs ranked by the IQM over seeds of their final return, with a bootstrap CI.
+
+    Diverged seeds are left out of the statistics and counted in ``failed``.
+    """
+    header = ["config", *spec.grid, "seeds", "failed", "iqm", "ci_low", "ci_high", "mean"]
     rows = []
     for c in range(max(ci for ci, _ in members) + 1):
-        values = final[[m for m, (ci, _) in enumerate(members) if ci == c]]
-        values = values[np.isfinite(values)]
-        row = {"config": c, **_point(spec, c), "seeds": len(values)}
+        own = [m for m, (ci, _) in enumerate(members) if ci == c]
+        values = final[own][np.isfinite(final[own])]
+        failed = sum(m in failures for m in own)
+        row = {"config": c, **_point(spec, c), "seeds": len(own), "failed": failed}
         if len(values):
             low, high = results.bootstrap_ci(values, results.iqm)
             row.update(iqm=float(results.iqm(values)), ci_low=float(low), ci_high=float(high),
                        mean=float(values.mean()))  # fmt: skip
         rows.append(row)
     rows.sort(key=lambda row: -row.get("iqm", -np.inf))
-    header = list(rows[0])
-    lines = [",".join(header)] + [",".join(str(row.get(h, "")) for h in header) for row in rows]
     if spec.grid:
+        lines = [",".join(header)]
+        lines += [",".join(str(row.get(h, "")) for h in header) for row in rows]
         (out / "sweep.csv").write_text("\n".join(lines) + "\n")
     print_fn("final return (IQM over seeds, 95% bootstrap CI):")
     for row in rows:
         point = " ".join(f"{k}={row[k]}" for k in spec.grid) or spec.algo
+        failed = f"  ({row['failed']} of {row['seeds']} seeds failed)" if row["failed"] else ""
         if "iqm" in row:
-            print_fn(
-                f"  {point:<36} {row['iqm']:9.2f}  [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-            )
+            interval = f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+            print_fn(f"  {point:<36} {row['iqm']:9.2f}  {interval}{failed}")
         else:
-            print_fn(f"  {point:<36} no finished episodes")
+            print_fn(f"  {point:<36} {'failed' if failed else 'no finished episodes'}{failed}")
     return rows
 
 

@@ -1,0 +1,81 @@
+"""What stops a run early: diverging members and termination signals.
+
+A member diverges when any of its metrics (losses, gradient norms; not the ``episode_*``
+statistics, which are NaN while no episode has finished) or any of its parameters is not
+finite. Members are independent under vmap, so a diverged member is marked failed and the
+others go on; when every member has failed the run stops before writing another checkpoint,
+so the last good one is kept.
+"""
+
+import signal
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Divergence(RuntimeError):
+    """Every member of the run has diverged; the message names the first bad quantity."""
+
+
+class Interrupted(RuntimeError):
+    """A termination signal stopped the run after a final checkpoint; --resume continues it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def params_finite(params) -> jax.Array:
+    """Whether every parameter of one member is finite (a scalar bool, computed on device)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(params)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def guarded(metrics: dict) -> list[str]:
+    return sorted(name for name in metrics if not name.startswith("episode"))
+
+
+def first_failures(metrics: dict, updates: np.ndarray, finite_params: np.ndarray) -> dict:
+    """member -> (quantities, update): what was first non-finite, and when, in one chunk.
+
+    ``metrics`` are (members, updates) arrays; ``finite_params`` is (members,) at chunk end.
+    """
+    names = guarded(metrics)
+    bad = np.stack([~np.isfinite(metrics[name]) for name in names], axis=-1)  # (M, K, Q)
+    failures = {}
+    for member in range(bad.shape[0]):
+        bad_updates = np.flatnonzero(bad[member].any(axis=-1))
+        if len(bad_updates):
+            first = bad_updates[0]
+            quantities = [name for q, name in enumerate(names) if bad[member, first, q]]
+            failures[member] = (quantities, int(updates[first]))
+        elif not finite_params[member]:
+            failures[member] = (["params"], int(updates[-1]))
+    return failures
+
+
+class StopSignals:
+    """Within ``with``, SIGTERM and SIGINT are recorded instead of killing the process, so the
+    runner can finish its chunk, checkpoint, and exit cleanly."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def _record(self, signum, frame):
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
