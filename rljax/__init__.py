@@ -1,6 +1,19 @@
 """rljax: JAX-native reinforcement learning with single-file agents and vmapped sweeps."""
 
-from rljax.envs import make
-from rljax.runner.policy import evaluate, load_policy
+_EXPORTS = {
+    "make": "rljax.envs",
+    "load_policy": "rljax.runner.policy",
+    "evaluate": "rljax.runner.policy",
+}
 
-__all__ = ["evaluate", "load_policy", "make"]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Imported on first use: gymnax starts JAX's backend when imported, and a multi-process run
+    # must call jax.distributed.initialize before that (see rljax.runner.distributed).
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rljax' has no attribute {name!r}")

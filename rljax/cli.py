@@ -31,6 +31,14 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
     parser.add_argument("--wandb", metavar="PROJECT", help="also log to this W&B project")
+    hosts = parser.add_argument_group("multi-process runs (the same command on every process)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    hosts.add_argument("--num-processes", type=int, help="number of processes")
+    hosts.add_argument("--process-id", type=int, help="this process's index, from 0")
+    hosts.add_argument(
+        "--distributed", action="store_true",
+        help="join a multi-process run described by the cluster's environment (SLURM, MPI, ...)",
+    )  # fmt: skip
 
 
 def _spec(args, grid: dict):
@@ -135,6 +143,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        if getattr(args, "coordinator", None) or getattr(args, "distributed", False):
+            from rljax.runner.distributed import initialize  # before anything starts JAX
+
+            initialize(args.coordinator, args.num_processes, args.process_id, args.distributed)
+    except ValueError as error:
+        print(f"rljax: error: {error}", file=sys.stderr)
+        return 2
     from rljax.runner.run import Divergence, Interrupted, RunError
 
     try:

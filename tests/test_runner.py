@@ -14,7 +14,7 @@ from rljax.agents import ppo
 from rljax.runner import config as config_lib
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.run import RunDirectoryExists, RunSpec, build, train
-from rljax.runner.sinks import CsvLog
+from rljax.runner.sinks import CsvLog, read_tables
 
 # 8 updates of 4 envs x 16 steps, in chunks of 2.
 TINY = {"num_envs": 4, "num_steps": 16, "num_minibatches": 2, "update_epochs": 2}
@@ -75,8 +75,8 @@ def test_sweep_member_equals_the_single_run_of_its_config(tmp_path):
         tmp_path / "single",
         print_fn=quiet,
     )
-    sweep_metrics = CsvLog(tmp_path / "sweep" / "metrics.csv", []).read()
-    single_metrics = CsvLog(tmp_path / "single" / "metrics.csv", []).read()
+    sweep_metrics = read_tables([tmp_path / "sweep" / "metrics.csv"])
+    single_metrics = read_tables([tmp_path / "single" / "metrics.csv"])
     member = sweep_metrics["config"] == 2  # lr=1e-3, clip_eps=0.1
     for name in ("loss", "value_loss", "entropy", "episode_return"):
         np.testing.assert_allclose(
@@ -129,7 +129,7 @@ def test_metrics_past_the_checkpoint_are_dropped_on_resume(tmp_path):
     train(tiny_spec(), tmp_path / "run", checkpoint_seconds=1e9, print_fn=quiet)
     log = CsvLog(tmp_path / "run" / "metrics.csv", [])
     log.truncate_after(6)
-    assert log.read()["update"].max() == 6
+    assert read_tables([log.path])["update"].max() == 6
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):
@@ -193,12 +193,13 @@ def test_sharded_sweep_on_fake_devices_equals_one_device(tmp_path):
         train(spec, {str(tmp_path / "sharded")!r}, print_fn=lambda *_: None)
         """
     )
-    environment = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    environment = {**os.environ, "XLA_FLAGS": flags}
     subprocess.run([sys.executable, "-c", script], env=environment, check=True)
     spec = tiny_spec(grid={"lr": [1e-4, 1e-3]}, seeds=2, chunk_updates=4)
     train(spec, tmp_path / "one", print_fn=quiet)
-    sharded = CsvLog(tmp_path / "sharded" / "metrics.csv", []).read()
-    one = CsvLog(tmp_path / "one" / "metrics.csv", []).read()
+    sharded = read_tables([tmp_path / "sharded" / "metrics.csv"])
+    one = read_tables([tmp_path / "one" / "metrics.csv"])
     for name in ("loss", "episode_return", "entropy"):
         np.testing.assert_allclose(sharded[name], one[name], rtol=1e-5, equal_nan=True)
 

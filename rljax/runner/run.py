@@ -21,8 +21,16 @@ from rljax import agents, envs
 from rljax.runner import config as config_lib
 from rljax.runner import metadata, results
 from rljax.runner.checkpoint import Checkpoints
+from rljax.runner.distributed import any_process, barrier, gather, is_primary, owned_members
 from rljax.runner.guard import Divergence, Interrupted, StopSignals, first_failures, params_finite
-from rljax.runner.sinks import KEY_COLUMNS, CsvLog, TensorBoardSink, WandbSink
+from rljax.runner.sinks import (
+    KEY_COLUMNS,
+    CsvLog,
+    TensorBoardSink,
+    WandbSink,
+    read_tables,
+    write_table,
+)
 
 __all__ = ["Divergence", "Interrupted", "RunDirectoryExists", "RunError", "RunSpec", "train"]
 
@@ -106,7 +114,6 @@ def build(spec: RunSpec) -> Program:
     if spec.seeds < 1:
         raise config_lib.FieldOutOfRange(f"seeds={spec.seeds} is out of range: it must be >= 1")
     agent = agents.get(spec.algo)
-    config_lib.build(agent.Config, spec.agent)
     config_lib.check_sweepable(agent.Config, spec.grid)
     points = config_lib.grid_points(spec.grid)
     configs = [config_lib.build(agent.Config, {**spec.agent, **point}) for point in points]
@@ -114,15 +121,26 @@ def build(spec: RunSpec) -> Program:
     env, env_params = envs.make(spec.env["name"], **env_options)
     members = [(c, s) for c in range(len(configs)) for s in range(spec.seeds)]
     stacked = config_lib.stack([configs[c] for c, _ in members])
-    keys = jax.numpy.stack([jax.random.PRNGKey(spec.seed + s) for _, s in members])
+    keys = np.stack([jax.random.key_data(jax.random.PRNGKey(spec.seed + s)) for _, s in members])
     sharding = member_sharding(len(members))
-    stacked, keys = jax.device_put((stacked, keys), sharding)
+    # Identical numpy on every process; each keeps the rows of its own devices.
+    stacked, keys = jax.device_put((jax.tree.map(np.asarray, stacked), keys), sharding)
     return Program(spec, agent, env, env_params, configs, members, stacked, keys, sharding)
 
 
 def member_sharding(num_members: int) -> NamedSharding:
-    """Shards the member axis over as many local devices as divide it evenly."""
-    devices = jax.local_devices()
+    """Shards the member axis over the devices of every process.
+
+    One process uses as many of its devices as divide the members evenly; several processes
+    must use all devices, so the members must divide evenly over them.
+    """
+    devices = jax.devices()
+    if jax.process_count() > 1 and num_members % len(devices):
+        raise config_lib.ConfigError(
+            f"{num_members} members (configs x seeds) cannot be split evenly over the "
+            f"{len(devices)} devices of {jax.process_count()} processes; use a multiple of "
+            f"{len(devices)} members"
+        )
     count = max(d for d in range(1, len(devices) + 1) if num_members % d == 0)
     return NamedSharding(Mesh(np.array(devices[:count]), ("member",)), PartitionSpec("member"))
 
@@ -149,21 +167,14 @@ def train(
     when SIGTERM or SIGINT arrives; the run directory then resumes with ``resume=True``.
     """
     out = Path(out)
+    say = print_fn if is_primary() else _silent
     _check_directory(spec, out, resume)
+    barrier("rljax: run directory checked")  # before process 0 creates it
     metadata.enable_compilation_cache()
     program = build(spec)
     num_updates = program.base.num_updates
-    if num_updates < 1:
-        raise config_lib.FieldOutOfRange(
-            f"total_timesteps={program.base.total_timesteps} is less than one update "
-            f"({program.base.steps_per_update} steps)"
-        )
-    per_chunk = spec.chunk_updates or chunk_size(num_updates)
-    if num_updates % per_chunk:
-        raise config_lib.FieldOutOfRange(
-            f"chunk_updates={per_chunk} must divide the number of updates ({num_updates})"
-        )
-    print_fn(
+    per_chunk = _chunk_updates(program, spec)
+    say(
         f"{spec.algo} on {spec.env['name']}: {len(program.members)} member(s) "
         f"x {num_updates} updates of {program.base.steps_per_update} steps, as one program"
     )
@@ -176,22 +187,21 @@ def train(
     metric_names = sorted(chunk_fn.out_info[1])
     compile_seconds = time.perf_counter() - start
 
-    _write_run_files(out, spec, program)
     checkpoints = Checkpoints(out / "checkpoints")
-    log = CsvLog(out / "metrics.csv", metric_names)
     done, state = checkpoints.restore_latest(abstract_state) if resume else (None, None)
     if done is None:
         done, state = 0, init_fn(program.stacked, program.keys)
     else:
-        print_fn(f"resuming {out} from update {done} of {num_updates}")
-    log.truncate_after(done)
-    failures = _logged_failures(log, len(program.members), done)
-
-    sinks = []
-    if tensorboard:
-        sinks.append(TensorBoardSink(out))
-    if wandb_project:
-        sinks.append(WandbSink(wandb_project, out, dataclasses.asdict(spec)))
+        say(f"resuming {out} from update {done} of {num_updates}")
+    if is_primary():
+        _write_run_files(out, spec, program)
+        for path in _metric_files(out):  # drop what the checkpoint does not hold
+            CsvLog(path, metric_names).truncate_after(done)
+    barrier("rljax: run files written")
+    log = CsvLog(_own_metric_file(out), metric_names)
+    owned = owned_members(program.sharding, len(program.members))
+    failures = _logged_failures(out, len(program.members), done)
+    sinks = _sinks(out, spec, tensorboard, wandb_project) if is_primary() else []
 
     steps_per_update = program.base.steps_per_update
     resumed_at, steps_per_second = done, None
@@ -200,51 +210,35 @@ def train(
         with StopSignals() as stop:
             for first in range(done, num_updates, per_chunk):
                 state, metrics, finite = chunk_fn(program.stacked, state)
-                metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+                metrics, finite = gather((metrics, finite))
                 updates = np.arange(first + 1, first + per_chunk + 1)
-                log.append(_rows(program.members, updates, steps_per_update, metrics))
+                log.append(_rows(program.members, owned, updates, steps_per_update, metrics))
                 for sink in sinks:
                     sink.write(updates * steps_per_update, metrics)
-                new = first_failures(metrics, updates, np.asarray(finite))
-                new = {m: failure for m, failure in new.items() if m not in failures}
-                for member, failure in new.items():
-                    print_fn(f"warning: {_failure_text(program, member, failure)}; marked failed")
-                failures.update(new)
-                if len(failures) == len(program.members):
-                    last = checkpoints.latest_step()
-                    kept = (
-                        "no checkpoint was written"
-                        if last is None
-                        else (f"the last good checkpoint (update {last}) is kept")
-                    )
-                    raise Divergence(
-                        f"every member diverged: {_failures_text(program, failures)}; {kept}"
-                    )
+                _guard(
+                    program, failures, first_failures(metrics, updates, finite), checkpoints, say
+                )
                 done = first + per_chunk
                 now = time.perf_counter()
-                if (
-                    stop.received
-                    or done == num_updates
-                    or now - last_checkpoint >= checkpoint_seconds
-                ):
+                stopping, due = any_process(
+                    np.array(
+                        [stop.received is not None, now - last_checkpoint >= checkpoint_seconds]
+                    )
+                )
+                if stopping or due or done == num_updates:
                     checkpoints.save(done, state)
                     last_checkpoint = now
-                steps_per_second = (
-                    len(program.members)
-                    * steps_per_update
-                    * (done - resumed_at)
-                    / (now - loop_start)
-                )
+                members_steps = len(program.members) * steps_per_update * (done - resumed_at)
+                steps_per_second = members_steps / (now - loop_start)
                 eta = (num_updates - done) * (now - loop_start) / (done - resumed_at)
-                print_fn(
-                    _progress(done, num_updates, steps_per_update, metrics, steps_per_second, eta)
-                )
-                if stop.received and done < num_updates:
-                    name = signal.Signals(stop.received).name
+                say(_progress(done, num_updates, steps_per_update, metrics, steps_per_second, eta))
+                if stopping and done < num_updates:
+                    signum = stop.received or signal.SIGTERM  # another process was signalled
                     raise Interrupted(
-                        f"stopped by {name} after update {done} of {num_updates}; the checkpoint "
-                        f"is saved: continue with --resume --out {out}",
-                        stop.received,
+                        f"stopped by {signal.Signals(signum).name} after update {done} of "
+                        f"{num_updates}; the checkpoint is saved: continue with --resume "
+                        f"--out {out}",
+                        signum,
                     )
     finally:
         checkpoints.close()
@@ -257,7 +251,70 @@ def train(
         "steps_per_second": None if steps_per_second is None else round(steps_per_second, 1),
         "chunk_traces": program.traces,
     }
-    return _finish(program, out, log.read(), num_updates, timing, failures, print_fn)
+    barrier("rljax: metrics written")
+    table = read_tables(_metric_files(out))
+    summary = _finish(program, out, table, num_updates, timing, failures, say)
+    if is_primary() and jax.process_count() > 1:
+        write_table(out / "metrics.csv", table)  # the processes' shards, merged
+    return summary
+
+
+def _silent(*_) -> None:
+    pass
+
+
+def _chunk_updates(program: Program, spec: RunSpec) -> int:
+    num_updates = program.base.num_updates
+    if num_updates < 1:
+        raise config_lib.FieldOutOfRange(
+            f"total_timesteps={program.base.total_timesteps} is less than one update "
+            f"({program.base.steps_per_update} steps)"
+        )
+    per_chunk = spec.chunk_updates or chunk_size(num_updates)
+    if num_updates % per_chunk:
+        raise config_lib.FieldOutOfRange(
+            f"chunk_updates={per_chunk} must divide the number of updates ({num_updates})"
+        )
+    return per_chunk
+
+
+def _metric_files(out: Path) -> list[Path]:
+    """metrics.csv and the per-process shards of multi-process sessions, those that exist."""
+    return [
+        p for p in [out / "metrics.csv", *sorted(out.glob("metrics/process_*.csv"))] if p.exists()
+    ]
+
+
+def _own_metric_file(out: Path) -> Path:
+    if jax.process_count() == 1:
+        return out / "metrics.csv"
+    (out / "metrics").mkdir(exist_ok=True)
+    return out / "metrics" / f"process_{jax.process_index()}.csv"
+
+
+def _sinks(out: Path, spec: RunSpec, tensorboard: bool, wandb_project: str | None) -> list:
+    sinks = []
+    if tensorboard:
+        sinks.append(TensorBoardSink(out))
+    if wandb_project:
+        sinks.append(WandbSink(wandb_project, out, dataclasses.asdict(spec)))
+    return sinks
+
+
+def _guard(program: Program, failures: dict, found: dict, checkpoints, say) -> None:
+    """Records members that newly diverged; raises Divergence once every member has."""
+    for member, failure in found.items():
+        if member not in failures:
+            failures[member] = failure
+            say(f"warning: {_failure_text(program, member, failure)}; marked failed")
+    if len(failures) == len(program.members):
+        last = checkpoints.latest_step()
+        kept = (
+            "no checkpoint was written"
+            if last is None
+            else (f"the last good checkpoint (update {last}) is kept")
+        )
+        raise Divergence(f"every member diverged: {_failures_text(program, failures)}; {kept}")
 
 
 def _check_directory(spec: RunSpec, out: Path, resume: bool) -> None:
@@ -284,11 +341,11 @@ def _write_run_files(out: Path, spec: RunSpec, program: Program) -> None:
     info.write_text(json.dumps({"starts": [*starts, metadata.environment()]}, indent=2))
 
 
-def _logged_failures(log: CsvLog, num_members: int, done: int) -> dict:
+def _logged_failures(out: Path, num_members: int, done: int) -> dict:
     """Failures found again in the logged metrics of a resumed run (none for a new one)."""
     if done == 0:
         return {}
-    table = log.read()
+    table = read_tables(_metric_files(out))
     names = [name for name in table if name not in KEY_COLUMNS]
     metrics = {name: table[name].reshape(num_members, done) for name in names}
     return first_failures(metrics, np.arange(1, done + 1), np.ones(num_members, bool))
@@ -353,10 +410,12 @@ def _finish(program: Program, out, table: dict, num_updates, timing, failures, p
             _label(spec, c): curves[[m for m, (ci, _) in enumerate(members) if ci == c]]
             for c in range(len(program.configs))
         }
-        title = f"{spec.algo} on {spec.env['name']}"
-        results.plot_curves(out / "curve.png", env_steps, by_config, title)
+        if is_primary():
+            title = f"{spec.algo} on {spec.env['name']}"
+            results.plot_curves(out / "curve.png", env_steps, by_config, title)
         summary["ranking"] = _rank(spec, members, final, failures, out, print_fn)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if is_primary():
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_fn(f"results in {out}: summary.json, metrics.csv, curve.png, checkpoints/")
     return summary
 
@@ -379,7 +438,7 @@ def _rank(spec, members, final, failures, out: Path, print_fn) -> list[dict]:
                        mean=float(values.mean()))  # fmt: skip
         rows.append(row)
     rows.sort(key=lambda row: -row.get("iqm", -np.inf))
-    if spec.grid:
+    if spec.grid and is_primary():
         lines = [",".join(header)]
         lines += [",".join(str(row.get(h, "")) for h in header) for row in rows]
         (out / "sweep.csv").write_text("\n".join(lines) + "\n")
@@ -416,10 +475,12 @@ def _differences(saved: RunSpec, given: RunSpec) -> str:
     )
 
 
-def _rows(members, updates, steps_per_update, metrics) -> list[list]:
+def _rows(members, owned, updates, steps_per_update, metrics) -> list[list]:
+    """metrics.csv rows of this process's members."""
     names = sorted(metrics)
     rows = []
-    for m, (config_index, seed_index) in enumerate(members):
+    for m in owned:
+        config_index, seed_index = members[m]
         for k, update in enumerate(updates):
             values = [float(metrics[name][m, k]) for name in names]
             rows.append([m, config_index, seed_index, int(update), int(update) * steps_per_update])

@@ -30,13 +30,31 @@ class CsvLog:
         with self.path.open("w", newline="") as f:
             csv.writer(f).writerows(kept)
 
-    def read(self) -> dict[str, np.ndarray]:
-        """Columns as arrays, rows sorted by (member, update)."""
-        with self.path.open(newline="") as f:
-            rows = list(csv.reader(f))
-        data = np.array(rows[1:], dtype=np.float64).reshape(-1, len(rows[0]))
-        data = data[np.lexsort((data[:, 3], data[:, 0]))]
-        return {name: data[:, i] for i, name in enumerate(rows[0])}
+
+def read_tables(paths: list[Path]) -> dict[str, np.ndarray]:
+    """Rows of several metrics files (one per process, or per session), each (member, update)
+    once, sorted by member then update, as column arrays."""
+    header, rows = None, {}
+    for path in paths:
+        with Path(path).open(newline="") as f:
+            lines = list(csv.reader(f))
+        header = header or lines[0]
+        rows.update({(int(row[0]), int(row[3])): row for row in lines[1:]})
+    data = np.array([rows[key] for key in sorted(rows)], dtype=np.float64).reshape(-1, len(header))
+    return {name: data[:, i] for i, name in enumerate(header)}
+
+
+def write_table(path: Path, table: dict[str, np.ndarray]) -> None:
+    names = list(table)
+    with Path(path).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(names)
+        for i in range(len(table[names[0]])):
+            writer.writerow([_cell(name, table[name][i]) for name in names])
+
+
+def _cell(name: str, value: float):
+    return int(value) if name in KEY_COLUMNS else repr(float(value))
 
 
 class TensorBoardSink:
