@@ -6,42 +6,17 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from runs import checkpoint_leaves, quiet, tiny_spec
 
 from rljax.agents import ppo
 from rljax.runner import run as run_lib
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.guard import Divergence, first_failures
 from rljax.runner.run import RunSpec, train
-
-TINY = {"num_envs": 4, "num_steps": 16, "num_minibatches": 2, "update_epochs": 2}
-TINY["total_timesteps"] = 8 * 64
-
-
-def tiny_spec(**changes) -> RunSpec:
-    spec = RunSpec(algo="ppo", env={"name": "CartPole-v1"}, agent=dict(TINY), chunk_updates=2)
-    for key, value in changes.items():
-        setattr(spec, key, value)
-    return spec
-
-
-def quiet(*_):
-    pass
-
-
-def checkpoint_leaves(run_dir: Path, step: int | None = None):
-    program = run_lib.build(RunSpec.load(run_dir / "config.yaml"))
-    shapes = jax.eval_shape(program.init_fn(), program.stacked, program.keys)
-    checkpoints = Checkpoints(run_dir / "checkpoints")
-    step = checkpoints.latest_step() if step is None else step
-    return [
-        np.asarray(x) for x in jax.tree.leaves(checkpoints.restore(step, program.abstract(shapes)))
-    ]
 
 
 def test_first_failures_names_every_bad_quantity_at_the_first_bad_update():

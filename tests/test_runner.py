@@ -8,6 +8,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from runs import TINY, checkpoint_leaves, quiet, tiny_spec
 
 from rljax import envs, load_policy
 from rljax.agents import ppo
@@ -15,29 +16,6 @@ from rljax.runner import config as config_lib
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.run import RunDirectoryExists, RunSpec, build, train
 from rljax.runner.sinks import CsvLog, read_tables
-
-# 8 updates of 4 envs x 16 steps, in chunks of 2.
-TINY = {"num_envs": 4, "num_steps": 16, "num_minibatches": 2, "update_epochs": 2}
-TINY["total_timesteps"] = 8 * 64
-
-
-def tiny_spec(**changes) -> RunSpec:
-    spec = RunSpec(algo="ppo", env={"name": "CartPole-v1"}, agent=dict(TINY), chunk_updates=2)
-    for key, value in changes.items():
-        setattr(spec, key, value)
-    return spec
-
-
-def quiet(*_):
-    pass
-
-
-def final_params(run_dir):
-    program = build(RunSpec.load(run_dir / "config.yaml"))
-    shapes = jax.eval_shape(program.init_fn(), program.stacked, program.keys)
-    checkpoints = Checkpoints(run_dir / "checkpoints")
-    state = checkpoints.restore(checkpoints.latest_step(), program.abstract(shapes))
-    return jax.tree.leaves(state)
 
 
 def test_build_coerces_and_validates_fields():
@@ -116,8 +94,8 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     assert Checkpoints(tmp_path / "resumed" / "checkpoints").latest_step() == 4
     train(tiny_spec(), tmp_path / "resumed", resume=True, checkpoint_seconds=0, print_fn=quiet)
 
-    straight_params = final_params(tmp_path / "straight")
-    resumed_params = final_params(tmp_path / "resumed")
+    straight_params = checkpoint_leaves(tmp_path / "straight")
+    resumed_params = checkpoint_leaves(tmp_path / "resumed")
     for a, b in zip(straight_params, resumed_params, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     straight = (tmp_path / "straight" / "metrics.csv").read_text()
