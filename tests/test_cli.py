@@ -38,7 +38,7 @@ def test_train_eval_and_envs_end_to_end(tmp_path):
         assert (tmp_path / "run" / name).exists(), name
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [row["seed"] for row in summary["final_returns"]] == [0, 1]
-    assert summary["versions"]["jax"] and summary["compile_seconds"] > 0
+    assert summary["environment"]["versions"]["jax"] and summary["compile_seconds"] > 0
     assert summary["resolved"]["hidden_sizes"] == [64, 64]  # from the preset
 
     evaluated = rljax("eval", tmp_path / "run", "--episodes", "3", "--deterministic")
