@@ -1,8 +1,9 @@
-"""Test-wide settings, applied before JAX is imported (subprocesses inherit them).
+"""Test-wide settings, applied before JAX starts its backend (CLI subprocesses set the same).
 
-A precaution for CI's small machine: XLA's multi-threaded Eigen pool on CPU has been seen to
-wedge on vmapped programs on small, busy machines (all threads idle inside execution; see
-PyAutoLabs/PyAutoFit#1528), so the tests run with it off, at some cost in speed.
+Precautions for CI's small machine, where XLA's CPU runtime has been seen to leave a vmapped
+program stuck with every thread idle: its multi-threaded Eigen pool is off (PyAutoFit#1528, an
+XLA_FLAGS setting that subprocesses inherit), and so is asynchronous CPU dispatch
+(jax-ml/jax#25861), as in ``rljax.cli.main``.
 """
 
 import os
@@ -10,3 +11,7 @@ import os
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"]
 ).strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS, which XLA reads once)
+
+jax.config.update("jax_cpu_enable_async_dispatch", False)
