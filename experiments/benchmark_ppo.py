@@ -88,8 +88,20 @@ def sweep(config, env, env_params, seed) -> list[dict]:
     def train(c, k):
         return ppo.train(c, env, env_params, k)
 
+    def train_all(configs, keys):
+        # Members initialized in turn, as the runner does: a vmapped orthogonal init is a
+        # batched LAPACK QR that can deadlock on a small CPU (jaxlib 0.10.2).
+        states = jax.lax.map(lambda ck: ppo.init(ck[0], env, env_params, ck[1]), (configs, keys))
+
+        def run(c, state):
+            return jax.lax.scan(
+                lambda s, _: ppo.update(c, env, env_params, s), state, None, c.num_updates
+            )
+
+        return jax.vmap(run)(configs, states)
+
     stacked = stack(configs)
-    compiled, compile_s = compile_fn(jax.vmap(train), stacked, keys)
+    compiled, compile_s = compile_fn(train_all, stacked, keys)
     run_s = run_seconds(compiled, stacked, keys)
     vmapped = result("c", f"sweep x{len(configs)}, vmapped", steps, compile_s, run_s)
 

@@ -143,11 +143,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    import jax
-
-    # Before JAX's CPU client exists. The runner waits for every chunk anyway, so asynchronous
-    # dispatch gains nothing, and on CPU it can leave a computation stuck (jax-ml/jax#25861).
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     try:
         if getattr(args, "coordinator", None) or getattr(args, "distributed", False):
             from rljax.runner.distributed import initialize  # before anything starts JAX

@@ -151,13 +151,30 @@ def test_train_is_deterministic_and_uses_its_key():
     assert not np.array_equal(other["loss"], first[1]["loss"])
 
 
+def train_members(configs, env, env_params, keys):
+    """``jax.vmap(ppo.train)`` over stacked configs and keys, with each member initialized in
+    turn, as the runner does: a vmapped orthogonal init is a batched LAPACK QR that can
+    deadlock on a 2-core CPU (jaxlib 0.10.2)."""
+    states = jax.lax.map(lambda ck: ppo.init(ck[0], env, env_params, ck[1]), (configs, keys))
+
+    def run(config, state):
+        def one_update(s, _):
+            return ppo.update(config, env, env_params, s)
+
+        return jax.lax.scan(one_update, state, None, config.num_updates)
+
+    return jax.vmap(run)(configs, states)
+
+
 def test_vmap_over_configs_equals_separate_runs():
     """A stacked Config of two learning rates, vmapped, reproduces the two single runs; the lr
     is traced, so both configs lower to the same program."""
     train, key = jitted_train(), jax.random.PRNGKey(0)
     configs = [ppo.Config(**TINY, lr=1e-3), ppo.Config(**TINY, lr=3e-3)]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *configs)
-    sweep = jax.jit(jax.vmap(train, in_axes=(0, None)))(stacked, key)
+    env, env_params = envs.make("CartPole-v1")
+    keys = jnp.stack([key, key])
+    sweep = jax.jit(lambda c, k: train_members(c, env, env_params, k))(stacked, keys)
     for i, config in enumerate(configs):
         single = train(config, key)
         member = jax.tree.map(lambda x, i=i: x[i], sweep)
@@ -216,8 +233,9 @@ def test_init_rejects_bad_minibatches_and_image_observations():
 def final_returns(config, env, env_params, num_seeds, last=20):
     """Per seed, the mean return of episodes finished in the last `last` updates."""
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-    train = jax.jit(jax.vmap(lambda k: ppo.train(config, env, env_params, k)[1]))
-    returns = np.asarray(train(keys)["episode_return"])
+    configs = jax.tree.map(lambda *x: jnp.stack(x), *[config] * num_seeds)
+    train = jax.jit(lambda c, k: train_members(c, env, env_params, k)[1])
+    returns = np.asarray(train(configs, keys)["episode_return"])
     return np.nanmean(returns[:, -last:], axis=1)
 
 

@@ -86,11 +86,20 @@ class Program:
         )
 
     def init_fn(self):
-        def init(configs, keys):
-            return jax.vmap(lambda c, k: self.agent.init(c, self.env, self.env_params, k))(
-                configs, keys
-            )
+        """(configs, keys) -> states. Each device initializes its own members one at a time:
+        vmapped, flax's orthogonal initializer becomes a batched LAPACK QR whose thread-pool
+        fan-out can deadlock on a small CPU (jaxlib 0.10.2); one member at a time it runs inline.
+        """
 
+        def init_one(config_and_key):
+            config, key = config_and_key
+            return self.agent.init(config, self.env, self.env_params, key)
+
+        def init_local(configs, keys):
+            return jax.lax.map(init_one, (configs, keys))
+
+        spec = self.sharding.spec
+        init = jax.shard_map(init_local, mesh=self.sharding.mesh, in_specs=spec, out_specs=spec)
         return jax.jit(init, out_shardings=self.sharding)
 
     def chunk_fn(self, num_updates: int):
