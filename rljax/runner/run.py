@@ -99,7 +99,10 @@ class Program:
             return jax.lax.map(init_one, (configs, keys))
 
         spec = self.sharding.spec
-        init = jax.shard_map(init_local, mesh=self.sharding.mesh, in_specs=spec, out_specs=spec)
+        # check_vma off: the env wrappers' pmean runs over a vmapped axis, not a mesh axis.
+        init = jax.shard_map(
+            init_local, mesh=self.sharding.mesh, in_specs=spec, out_specs=spec, check_vma=False
+        )
         return jax.jit(init, out_shardings=self.sharding)
 
     def chunk_fn(self, num_updates: int):
