@@ -10,6 +10,7 @@ reported with its overhead relative to the baseline.
 """
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,21 +23,16 @@ from rljax.runner.run import RunSpec, train
 
 
 def steps_per_second(spec: RunSpec, checkpoint_seconds: float, guard: bool) -> float:
-    patches = [] if guard else [
-        mock.patch.object(run_lib, "params_finite", lambda params: jnp.bool_(True)),
-        mock.patch.object(run_lib, "first_failures", lambda *args: {}),
-    ]  # fmt: skip
-    with tempfile.TemporaryDirectory() as directory, mock.patch.dict({}):
-        for patch in patches:
-            patch.start()
-        try:
-            summary = train(
-                spec, Path(directory) / "run", checkpoint_seconds=checkpoint_seconds,
-                print_fn=lambda *_: None,
-            )  # fmt: skip
-        finally:
-            for patch in patches:
-                patch.stop()
+    with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as patches:
+        if not guard:
+            patches.enter_context(
+                mock.patch.object(run_lib, "params_finite", lambda params: jnp.bool_(True))
+            )
+            patches.enter_context(mock.patch.object(run_lib, "first_failures", lambda *a: {}))
+        summary = train(
+            spec, Path(directory) / "run", checkpoint_seconds=checkpoint_seconds,
+            print_fn=lambda *_: None,
+        )  # fmt: skip
     return summary["steps_per_second"]
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+PRESET_KEYS = {"algo", "env", "agent", "seeds", "seed"}
+
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("algo", help="algorithm name, e.g. ppo")
@@ -45,7 +47,18 @@ def _spec(args, grid: dict):
     from rljax.runner.config import ConfigError, parse_assignments
     from rljax.runner.run import RunSpec
 
-    preset = yaml.safe_load(args.config.read_text()) if args.config else {}
+    try:
+        preset = yaml.safe_load(args.config.read_text()) if args.config else {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{args.config} is not valid YAML: {error}") from None
+    if not isinstance(preset, dict):
+        raise ConfigError(f"{args.config} must be a YAML mapping with keys {sorted(PRESET_KEYS)}")
+    unknown = sorted(set(preset) - PRESET_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{args.config} has unknown key(s) {', '.join(unknown)}; "
+            f"a preset has {', '.join(sorted(PRESET_KEYS))}"
+        )
     if preset.get("algo", args.algo) != args.algo:
         raise ConfigError(f"{args.config} is a preset for {preset['algo']}, not {args.algo}")
     env = dict(preset.get("env", {}))

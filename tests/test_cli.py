@@ -70,9 +70,14 @@ def test_train_eval_and_envs_end_to_end(tmp_path):
         ),
         (["train", "ppo"], "pass --env NAME"),
         (["train", "ppo", "--env", "CartPole-v1", "--set", "num_minibatches=3"], "must divide"),
+        (["train", "ppo", "--config", "tests/data/list_preset.yaml"], "must be a YAML mapping"),
+        (["train", "ppo", "--config", "tests/data/broken_preset.yaml"], "is not valid YAML"),
+        (["train", "ppo", "--config", "configs/ppo/missing.yaml"], "No such file"),
+        (["train", "ppo", "--config", "tests/data/typo_preset.yaml"], "unknown key(s) agnet"),
     ],
 )
-def test_bad_input_is_one_named_error(args, message, tmp_path, capsys):
+def test_bad_input_is_one_named_error(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
     status = cli.main([*args, "--out", str(tmp_path / "run")])
     error = capsys.readouterr().err
     assert status == 2 and message in error and "Traceback" not in error
@@ -88,3 +93,8 @@ def test_an_existing_run_directory_is_refused(tmp_path, capsys):
 def test_eval_of_a_directory_that_is_no_run(tmp_path, capsys):
     assert cli.main(["eval", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_eval_needs_at_least_one_episode(tmp_path, capsys):
+    assert cli.main(["eval", str(tmp_path), "--episodes", "0"]) == 2
+    assert "episodes=0 is out of range" in capsys.readouterr().err

@@ -63,6 +63,8 @@ def load_policy(run_dir, member: int = 0, deterministic: bool = False):
 
 def evaluate(run_dir, episodes: int = 16, deterministic: bool = False, seed: int = 0):
     """Returns of ``episodes`` fresh episodes per member, (members, episodes), all in one jit."""
+    if episodes < 1:
+        raise RunError(f"episodes={episodes} is out of range: it must be >= 1")
     program, state, step = restore(run_dir)
     options = {k: v for k, v in program.spec.env.items() if k not in ("name", "normalize_obs")}
     options.pop("normalize_reward", None)
