@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rljax import cli
+from rljax.agents import ALGORITHMS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=2"]
@@ -55,7 +56,7 @@ def test_train_eval_and_envs_end_to_end(tmp_path):
         (["train", "ppo", "--env", "CartPol-v1"], "unknown environment 'CartPol-v1'"),
         (
             ["train", "dqn9", "--env", "CartPole-v1"],
-            "unknown algorithm 'dqn9'; known algorithms: ppo",
+            f"unknown algorithm 'dqn9'; known algorithms: {', '.join(sorted(ALGORITHMS))}",
         ),
         (["train", "ppo", "--env", "CartPole-v1", "--set", "lrr=1"], "no field 'lrr'"),
         (["train", "ppo", "--env", "CartPole-v1", "--set", "gamma=2"], "gamma=2.0 is out of range"),

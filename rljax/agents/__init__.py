@@ -6,13 +6,27 @@ Besides its five public names (Config, init, update, train, act), the runner rel
 takes, and what the divergence guard checks), and, for online agents, ``TrainState.env_state``
 (where saved observation normalization is found). Metrics named ``episode_*`` may be NaN;
 every other metric must stay finite.
+
+Optionally, ``wrap_env(config, env, env_params, params=None) -> (env, env_params)`` changes the
+env an agent sees (stock_dqn appends its stock to the observation, since ``act`` is
+stateless). The runner applies it to the env it builds, with the first config (so it may read
+static fields only) and no params, and in evaluation, per member, with the member's config and
+trained params. ``init`` and ``update`` receive the wrapped env; users outside the runner wrap
+it themselves.
 """
 
 import importlib
 from types import ModuleType
 
 # Algorithm name -> module. Each module exposes Config, init, update, train and act.
-ALGORITHMS = {"ppo": "rljax.agents.ppo"}
+ALGORITHMS = {
+    "ppo": "rljax.agents.ppo",
+    "c51": "rljax.agents.c51",
+    "qr_dqn": "rljax.agents.qr_dqn",
+    "stock_dqn": "rljax.agents.stock_dqn",
+    "sac": "rljax.agents.sac",
+    "dsac_t": "rljax.agents.dsac_t",
+}
 
 
 class UnknownAlgorithm(ValueError):

@@ -11,7 +11,7 @@ import dataclasses
 import gymnax
 from gymnax.environments import spaces
 
-from rljax.envs import brax_env
+from rljax.envs import brax_env, risky_shortcut
 from rljax.envs.wrappers import (
     ClipAction,
     FlattenObservationWrapper,
@@ -21,7 +21,9 @@ from rljax.envs.wrappers import (
 )
 
 # rljax's own JAX environments: name -> zero-argument factory returning (env, default params).
-OWN_ENVS: dict = {}
+OWN_ENVS: dict = {
+    "RiskyShortcut": lambda: (risky_shortcut.RiskyShortcut(), risky_shortcut.EnvParams()),
+}
 
 # Gymnax environments that cannot run here, with the reason, so make() can say it.
 UNSUPPORTED = {

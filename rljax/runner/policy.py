@@ -70,12 +70,17 @@ def evaluate(run_dir, episodes: int = 16, deterministic: bool = False, seed: int
     options.pop("normalize_reward", None)
     env, env_params = envs.make(program.spec.env["name"], **options)
     policy = _member_policy(program, deterministic)
-    reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
-    step_env = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
+    wrap_env = getattr(program.agent, "wrap_env", None)
 
     def member_returns(config, params, moments, key):
+        # The agent's wrapper, given its trained params (stock_dqn chooses its initial stock).
+        member_env, member_params = (env, env_params)
+        if wrap_env is not None:
+            member_env, member_params = wrap_env(config, env, env_params, params)
+        reset = jax.vmap(member_env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
+        step_env = jax.vmap(member_env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
         key, reset_key = jax.random.split(key)
-        obs, env_state = reset(jax.random.split(reset_key, episodes), env_params)
+        obs, env_state = reset(jax.random.split(reset_key, episodes), member_params)
         first = (obs, env_state, jnp.zeros(episodes), jnp.zeros(episodes, bool))
 
         def one_step(carry, key):
@@ -83,7 +88,7 @@ def evaluate(run_dir, episodes: int = 16, deterministic: bool = False, seed: int
             action_key, step_key = jax.random.split(key)
             action = policy(config, params, moments, obs, action_key)
             obs, env_state, _, _, _, info = step_env(
-                jax.random.split(step_key, episodes), env_state, action, env_params
+                jax.random.split(step_key, episodes), env_state, action, member_params
             )
             ended = info["returned_episode"] & ~finished
             returns = jnp.where(ended, info["returned_episode_returns"], returns)

@@ -131,6 +131,8 @@ def build(spec: RunSpec) -> Program:
     configs = [config_lib.build(agent.Config, {**spec.agent, **point}) for point in points]
     env_options = {k: v for k, v in spec.env.items() if k != "name"}
     env, env_params = envs.make(spec.env["name"], **env_options)
+    if hasattr(agent, "wrap_env"):  # an agent that adds to what its env observes
+        env, env_params = agent.wrap_env(configs[0], env, env_params)
     members = [(c, s) for c in range(len(configs)) for s in range(spec.seeds)]
     stacked = config_lib.stack([configs[c] for c, _ in members])
     keys = np.stack([jax.random.key_data(jax.random.PRNGKey(spec.seed + s)) for _, s in members])
