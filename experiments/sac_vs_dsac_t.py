@@ -19,7 +19,6 @@ import numpy as np
 
 from rljax import cli
 from rljax.runner import results
-from rljax.runner.sinks import read_tables
 
 REPO = Path(__file__).resolve().parents[1]
 AGENTS = ("sac", "dsac_t")
@@ -40,19 +39,6 @@ def train(algo, args, out: Path) -> dict:
     return summary
 
 
-def curve(out: Path, summary: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(env steps, smoothed returns per seed) from the run's metrics."""
-    table = read_tables(sorted(out.glob("metrics*.csv")))
-    members, updates = len(summary["final_returns"]), summary["num_updates"]
-    returns = table["episode_return"].reshape(members, updates)
-    episodes = table["episodes"].reshape(members, updates)
-    window = max(1, updates // 20)
-    steps_per_update = summary["env_steps_per_member"] // updates
-    return np.arange(1, updates + 1) * steps_per_update, results.smoothed_returns(
-        returns, episodes, window
-    )
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="pendulum", help="configs/<agent>/<preset>.yaml")
@@ -69,7 +55,7 @@ def main():
         final = np.array([row["final_return"] for row in summary["final_returns"]], float)
         low, high = results.bootstrap_ci(final, results.iqm)
         rows.append((algo, final, results.iqm(final), low, high, summary))
-        steps, curves[algo] = curve(out, summary)
+        steps, curves[algo] = results.run_curve(out)
 
     plot = args.out / f"curves-{args.preset}.png"
     results.plot_curves(plot, steps, curves, f"SAC vs DSAC-T, {args.preset}, {args.seeds} seeds")

@@ -21,11 +21,14 @@ from types import ModuleType
 # Algorithm name -> module. Each module exposes Config, init, update, train and act.
 ALGORITHMS = {
     "ppo": "rljax.agents.ppo",
+    "lpo": "rljax.agents.lpo",
     "c51": "rljax.agents.c51",
     "qr_dqn": "rljax.agents.qr_dqn",
     "stock_dqn": "rljax.agents.stock_dqn",
     "sac": "rljax.agents.sac",
     "dsac_t": "rljax.agents.dsac_t",
+    "mdpo": "rljax.agents.mdpo",
+    "dpo": "rljax.agents.dpo",
 }
 
 

@@ -1,6 +1,11 @@
 """Learning curves, final returns and sweep rankings, with bootstrap confidence intervals."""
 
+import json
+from pathlib import Path
+
 import numpy as np
+
+from rljax.runner.sinks import read_tables
 
 CI_LEVEL = 0.95
 
@@ -44,6 +49,21 @@ def final_returns(returns: np.ndarray, episodes: np.ndarray, fraction: float = 0
     """Mean return of the episodes finished in the last ``fraction`` of updates, per member."""
     last = max(1, int(np.ceil(fraction * returns.shape[-1])))
     return smoothed_returns(returns[:, -last:], episodes[:, -last:], last)[:, -1]
+
+
+def run_curve(run_dir, min_window: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(env steps, smoothed returns (members, updates)) of a finished run directory; the
+    window is a twentieth of the run, at least ``min_window`` updates."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    table = read_tables(sorted(run_dir.glob("metrics*.csv")))
+    members, updates = len(summary["final_returns"]), summary["num_updates"]
+    returns = table["episode_return"].reshape(members, updates)
+    episodes = table["episodes"].reshape(members, updates)
+    window = max(min_window, updates // 20)
+    steps_per_update = summary["env_steps_per_member"] // updates
+    steps = np.arange(1, updates + 1) * steps_per_update
+    return steps, smoothed_returns(returns, episodes, window)
 
 
 def plot_curves(path, env_steps, curves: dict[str, np.ndarray], title: str) -> None:

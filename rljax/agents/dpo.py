@@ -1,0 +1,359 @@
+"""DPO: PPO with the discovered closed-form drift in place of clipping, for discrete and
+continuous actions.
+
+Lu, Kuba, Letcher, Metz, Schroeder de Witt, Foerster, "Discovered Policy Optimisation",
+NeurIPS 2022 (arXiv 2210.05639); the closed form as in PureJaxRL's dpo_continuous_action.py
+(github.com/luchris429/purejaxrl). Everything but the policy objective is ppo.py.
+
+    delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t)     s'_t: next state before reset
+    A_t     = delta_t + gamma lambda (1 - done_t) A_{t+1}          done = terminated or truncated
+    rho     = pi(a|s) / pi_old(a|s),  A normalized per minibatch
+    D       = relu((rho - 1) A - alpha tanh((rho - 1) A / alpha))     if A >= 0
+            = relu(log(rho) A - beta tanh(log(rho) A / beta))          if A < 0
+    L_pi    = -mean(rho A - D)
+    L_V     = 1/2 mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)),  R = A + V_old
+    L       = L_pi + vf_coef L_V - ent_coef mean(H[pi])
+
+The drift D is >= 0 and is 0 with zero gradient at rho = 1, so this is mirror learning (Kuba
+et al. 2022), as PPO is with D = relu((rho - clip(rho, 1 - eps, 1 + eps)) A). The clip range
+eps (vf_clip_eps) only clips the value function, as in PureJaxRL's DPO.
+
+GAE bootstraps through truncation (time limits) and not through termination;
+``truncation_as_termination=True`` reproduces PureJaxRL, which cuts both.
+"""
+
+from typing import Any, NamedTuple
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.linen.initializers import constant, orthogonal
+
+# Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
+ENV_AXIS = "env"
+
+
+def _field(default, *, static=False, bounds=None, choices=None):
+    """A config field. Static fields are shapes and switches (changing one recompiles); the
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
+    metadata = {"bounds": bounds, "choices": choices}
+    return struct.field(pytree_node=not static, default=default, metadata=metadata)
+
+
+@struct.dataclass
+class Config:
+    num_envs: int = _field(4, static=True, bounds="[1, inf)")
+    num_steps: int = _field(128, static=True, bounds="[1, inf)")
+    num_minibatches: int = _field(4, static=True, bounds="[1, inf)")
+    update_epochs: int = _field(4, static=True, bounds="[1, inf)")
+    total_timesteps: int = _field(500_000, static=True, bounds="[1, inf)")
+    hidden_sizes: tuple = _field((64, 64), static=True)
+    activation: str = _field("tanh", static=True, choices=("tanh", "relu"))
+    anneal_lr: bool = _field(True, static=True)
+    truncation_as_termination: bool = _field(False, static=True)
+    lr: float = _field(2.5e-4, bounds="(0, inf)")
+    gamma: float = _field(0.99, bounds="[0, 1]")
+    gae_lambda: float = _field(0.95, bounds="[0, 1]")
+    vf_clip_eps: float = _field(0.2, bounds="(0, inf)")
+    alpha: float = _field(2.0, bounds="(0, inf)")  # drift scale for A >= 0 (the paper's)
+    beta: float = _field(0.6, bounds="(0, inf)")  # drift scale for A < 0 (the paper's)
+    ent_coef: float = _field(0.01, bounds="[0, inf)")
+    vf_coef: float = _field(0.5, bounds="[0, inf)")
+    max_grad_norm: float = _field(0.5, bounds="(0, inf)")
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.steps_per_update
+
+
+@struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: jax.Array  # (num_envs, obs_dim)
+    rng: jax.Array
+    update_step: jax.Array  # updates done so far; drives LR annealing
+
+
+class Transition(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    value: jax.Array
+    log_prob: jax.Array
+    next_obs: jax.Array  # the observation after the action, before any auto-reset
+    info: dict
+
+
+# --- Networks ---
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic MLPs; orthogonal init as in PureJaxRL."""
+
+    action_dim: int
+    discrete: bool
+    hidden_sizes: tuple
+    activation: str
+
+    @nn.compact
+    def __call__(self, obs):
+        activation = {"tanh": nn.tanh, "relu": nn.relu}[self.activation]
+
+        def torso(x, name):
+            for i, size in enumerate(self.hidden_sizes):
+                dense = nn.Dense(size, kernel_init=orthogonal(np.sqrt(2)), name=f"{name}_{i}")
+                x = activation(dense(x))
+            return x
+
+        logits_or_mean = nn.Dense(
+            self.action_dim,
+            kernel_init=orthogonal(0.01),
+            bias_init=constant(0.0),
+            name="actor_head",
+        )(torso(obs, "actor"))
+        if self.discrete:
+            pi = distrax.Categorical(logits=logits_or_mean)
+        else:
+            log_std = self.param("log_std", constant(0.0), (self.action_dim,))
+            pi = distrax.MultivariateNormalDiag(logits_or_mean, jnp.exp(log_std))
+        value = nn.Dense(
+            1, kernel_init=orthogonal(1.0), bias_init=constant(0.0), name="critic_head"
+        )(torso(obs, "critic"))
+        return pi, jnp.squeeze(value, -1)
+
+
+def _network(config: Config, action_space) -> ActorCritic:
+    discrete = hasattr(action_space, "n")
+    action_dim = action_space.n if discrete else int(np.prod(action_space.shape))
+    return ActorCritic(action_dim, discrete, tuple(config.hidden_sizes), config.activation)
+
+
+def _optimizer(config: Config, lr) -> optax.GradientTransformation:
+    # Hyperparameters enter as (possibly traced) values, so a sweep over them compiles once.
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+# --- Pure functions ---
+
+
+def gae(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """Generalized advantage estimation, time-major.
+
+    Bootstraps through truncation (time limits) but not through termination. ``next_values``
+    are the values of the states reached, before any auto-reset. Returns (advantages, targets).
+    """
+    terminated = terminated.astype(jnp.float32)
+    done = jnp.maximum(terminated, truncated.astype(jnp.float32))
+    deltas = rewards + gamma * (1.0 - terminated) * next_values - values
+    decays = gamma * lam * (1.0 - done)
+
+    def backward(next_advantage, delta_and_decay):
+        delta, decay = delta_and_decay
+        advantage = delta + decay * next_advantage
+        return advantage, advantage
+
+    _, advantages = jax.lax.scan(
+        backward, jnp.zeros_like(deltas[0]), (deltas, decays), reverse=True, unroll=16
+    )
+    return advantages, advantages + values
+
+
+def dpo_drift(log_ratio, advantages, alpha, beta):
+    """The discovered drift D(rho, A): (rho - 1) A with scale alpha where A >= 0, log(rho) A
+    with scale beta where A < 0, each x - s tanh(x / s) (0 with zero slope at x = 0) cut at 0."""
+    x_pos = (jnp.exp(log_ratio) - 1.0) * advantages
+    x_neg = log_ratio * advantages
+    drift_pos = jax.nn.relu(x_pos - alpha * jnp.tanh(x_pos / alpha))
+    drift_neg = jax.nn.relu(x_neg - beta * jnp.tanh(x_neg / beta))
+    return jnp.where(advantages >= 0, drift_pos, drift_neg)
+
+
+def dpo_loss(log_prob, old_log_prob, advantages, value, old_value, targets, entropy, config):
+    """The DPO objective on one minibatch; returns (loss, parts)."""
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_ratio = log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    drift = dpo_drift(log_ratio, advantages, config.alpha, config.beta)
+    policy_loss = -(ratio * advantages - drift).mean()
+    value_clipped = old_value + jnp.clip(value - old_value, -config.vf_clip_eps, config.vf_clip_eps)
+    value_loss = (
+        0.5 * jnp.maximum(jnp.square(value - targets), jnp.square(value_clipped - targets)).mean()
+    )
+    entropy = entropy.mean()
+    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    parts = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+        "drift": drift.mean(),
+    }
+    return loss, parts
+
+
+# --- The contract ---
+
+
+def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
+    obs_shape = env.observation_space(env_params).shape
+    if len(obs_shape) != 1:
+        raise ValueError(
+            f"DPO's MLP takes vector observations, got shape {obs_shape}; flatten them "
+            "(rljax.envs.make(name, flatten_obs=True), or gymnax's FlattenObservationWrapper)"
+        )
+    if config.steps_per_update % config.num_minibatches:
+        raise ValueError(
+            f"num_minibatches={config.num_minibatches} must divide "
+            f"num_envs * num_steps = {config.steps_per_update}"
+        )
+    rng, net_key, env_key = jax.random.split(rng, 3)
+    network = _network(config, env.action_space(env_params))
+    params = network.init(net_key, jnp.zeros(obs_shape))
+    opt_state = _optimizer(config, config.lr).init(params)
+    reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
+    obs, env_state = reset(jax.random.split(env_key, config.num_envs), env_params)
+    return TrainState(params, opt_state, env_state, obs, rng, jnp.zeros((), jnp.int32))
+
+
+def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainState, dict]:
+    """One iteration: a rollout of num_steps x num_envs, then update_epochs of minibatch SGD."""
+    network = _network(config, env.action_space(env_params))
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
+
+    # --- Rollout ---
+    def env_step(carry, _):
+        env_state, obs, rng = carry
+        rng, action_key, step_key = jax.random.split(rng, 3)
+        pi, value = network.apply(state.params, obs)
+        action = pi.sample(seed=action_key)
+        step_keys = jax.random.split(step_key, config.num_envs)
+        next_obs, env_state, reward, terminated, truncated, info = step(
+            step_keys, env_state, action, env_params
+        )
+        next_obs_before_reset = info.pop("final_observation")
+        transition = Transition(
+            obs, action, reward, terminated, truncated, value, pi.log_prob(action),
+            next_obs_before_reset, info,
+        )  # fmt: skip
+        return (env_state, next_obs, rng), transition
+
+    (env_state, obs, rng), traj = jax.lax.scan(
+        env_step, (state.env_state, state.obs, state.rng), None, config.num_steps
+    )
+
+    # --- Advantages ---
+    _, next_values = network.apply(state.params, traj.next_obs)
+    terminated = traj.terminated
+    if config.truncation_as_termination:
+        terminated = jnp.logical_or(terminated, traj.truncated)
+    advantages, targets = gae(
+        traj.reward, traj.value, next_values, terminated, traj.truncated,
+        config.gamma, config.gae_lambda,
+    )  # fmt: skip
+
+    # --- Minibatch epochs ---
+    lr = config.lr
+    if config.anneal_lr:
+        lr = config.lr * (1.0 - state.update_step / config.num_updates)
+    optimizer = _optimizer(config, lr)
+
+    def loss_fn(params, batch):
+        obs, action, old_log_prob, old_value, advantages, targets = batch
+        pi, value = network.apply(params, obs)
+        return dpo_loss(
+            pi.log_prob(action), old_log_prob, advantages, value, old_value, targets,
+            pi.entropy(), config,
+        )  # fmt: skip
+
+    def minibatch_step(carry, batch):
+        params, opt_state = carry
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
+
+    def epoch(carry, _):
+        params, opt_state, rng = carry
+        rng, perm_key = jax.random.split(rng)
+        batch = (traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets)
+        batch = jax.tree.map(lambda x: x.reshape(config.steps_per_update, *x.shape[2:]), batch)
+        permutation = jax.random.permutation(perm_key, config.steps_per_update)
+        minibatches = jax.tree.map(
+            lambda x: x[permutation].reshape(config.num_minibatches, -1, *x.shape[1:]), batch
+        )
+        (params, opt_state), losses = jax.lax.scan(minibatch_step, (params, opt_state), minibatches)
+        return (params, opt_state, rng), losses
+
+    (params, opt_state, rng), losses = jax.lax.scan(
+        epoch, (state.params, state.opt_state, rng), None, config.update_epochs
+    )
+
+    state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
+    metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
+    return state, metrics
+
+
+def train(config: Config, env, env_params, rng: jax.Array, num_updates: int | None = None):
+    """init, then num_updates (default: total_timesteps // steps_per_update) updates."""
+    num_updates = config.num_updates if num_updates is None else num_updates
+    state = init(config, env, env_params, rng)
+    return jax.lax.scan(lambda s, _: update(config, env, env_params, s), state, None, num_updates)
+
+
+def act(config: Config, params, obs: jax.Array, rng: jax.Array, deterministic: bool = False):
+    actor_head = params["params"]["actor_head"]["kernel"]
+    discrete = "log_std" not in params["params"]
+    network = ActorCritic(
+        actor_head.shape[-1], discrete, tuple(config.hidden_sizes), config.activation
+    )
+    pi, _ = network.apply(params, obs)
+    return pi.mode() if deterministic else pi.sample(seed=rng)
+
+
+def _episode_metrics(info: dict) -> dict:
+    """Mean return and length of the episodes that finished in this rollout (NaN if none)."""
+    if "returned_episode" not in info:  # an env without episode statistics
+        return {}
+    finished = info["returned_episode"]
+    count = finished.sum()
+
+    def mean(x):
+        return jnp.where(count > 0, (x * finished).sum() / jnp.maximum(count, 1), jnp.nan)
+
+    return {
+        "episode_return": mean(info["returned_episode_returns"]),
+        "episode_length": mean(info["returned_episode_lengths"]),
+        "episodes": count,
+    }
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    import gymnax
+    from gymnax.wrappers.purerl import LogWrapper
+
+    env_name = sys.argv[1] if len(sys.argv) > 1 else "CartPole-v1"
+    env, env_params = gymnax.make(env_name)
+    env = LogWrapper(env)
+    config = Config()
+    start = time.time()
+    _, metrics = jax.jit(lambda key: train(config, env, env_params, key))(jax.random.PRNGKey(30))
+    returns = np.asarray(metrics["episode_return"])
+    print(f"DPO on {env_name}: {config.total_timesteps} steps in {time.time() - start:.1f}s")
+    for i in np.linspace(0, len(returns) - 1, 10).astype(int):
+        step = (i + 1) * config.steps_per_update
+        print(f"  step {step:>8d}  return {np.nanmean(returns[max(0, i - 9) : i + 1]):8.1f}")

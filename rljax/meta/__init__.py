@@ -1,0 +1,1 @@
+"""Meta-learning of agents' learned components (LPO's drift) by evolution strategies."""
