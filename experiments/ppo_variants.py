@@ -14,13 +14,11 @@ agents' curves on one figure per environment.
 """
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import numpy as np
+from cli_runs import train_run
 
-from rljax import cli
 from rljax.runner import results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,18 +34,13 @@ BRAX_WINDOW = 32
 
 
 def train(algo, env, args, out: Path) -> dict:
-    argv = ["train", algo, "--seeds", str(args.seeds), "--out", str(out)]
+    argv = ["train", algo, "--seeds", str(args.seeds)]
     if env == "brax":
         argv += ["--env", args.brax_env, "--total-steps", str(args.brax_steps)]
         argv += [arg for assignment in BRAX for arg in ("--set", assignment)]
     else:
         argv += ["--config", str(REPO / "configs" / algo / f"{env}.yaml")]
-    start = time.perf_counter()
-    if cli.main(argv) != 0:
-        raise SystemExit(f"{algo} on {env} failed; see above")
-    summary = json.loads((out / "summary.json").read_text())
-    summary["wall_seconds"] = time.perf_counter() - start
-    return summary
+    return train_run(argv, out)
 
 
 def main():

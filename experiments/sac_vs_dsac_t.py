@@ -11,13 +11,11 @@ plot.
 """
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import numpy as np
+from cli_runs import train_run
 
-from rljax import cli
 from rljax.runner import results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,17 +24,12 @@ AGENTS = ("sac", "dsac_t")
 
 def train(algo, args, out: Path) -> dict:
     argv = ["train", algo, "--config", str(REPO / "configs" / algo / f"{args.preset}.yaml")]
-    argv += ["--seeds", str(args.seeds), "--out", str(out)]
+    argv += ["--seeds", str(args.seeds)]
     if args.total_steps:
         argv += ["--total-steps", str(args.total_steps)]
     for assignment in args.set:
         argv += ["--set", assignment]
-    start = time.perf_counter()
-    if cli.main(argv) != 0:
-        raise SystemExit(f"{algo} failed; see above")
-    summary = json.loads((out / "summary.json").read_text())
-    summary["wall_seconds"] = time.perf_counter() - start
-    return summary
+    return train_run(argv, out)
 
 
 def main():

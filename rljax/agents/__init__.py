@@ -21,6 +21,7 @@ from types import ModuleType
 # Algorithm name -> module. Each module exposes Config, init, update, train and act.
 ALGORITHMS = {
     "ppo": "rljax.agents.ppo",
+    "pdppo": "rljax.agents.pdppo",
     "lpo": "rljax.agents.lpo",
     "c51": "rljax.agents.c51",
     "qr_dqn": "rljax.agents.qr_dqn",

@@ -11,7 +11,7 @@ import dataclasses
 import gymnax
 from gymnax.environments import spaces
 
-from rljax.envs import brax_env, risky_shortcut
+from rljax.envs import brax_env, lot_sizing, risky_shortcut
 from rljax.envs.wrappers import (
     ClipAction,
     FlattenObservationWrapper,
@@ -23,6 +23,10 @@ from rljax.envs.wrappers import (
 # rljax's own JAX environments: name -> zero-argument factory returning (env, default params).
 OWN_ENVS: dict = {
     "RiskyShortcut": lambda: (risky_shortcut.RiskyShortcut(), risky_shortcut.EnvParams()),
+    **{
+        f"LotSizing-{size}": lambda size=size: lot_sizing.make_instance(size)
+        for size in lot_sizing.INSTANCES
+    },
 }
 
 # Gymnax environments that cannot run here, with the reason, so make() can say it.
@@ -104,6 +108,8 @@ def make(
             f"{', '.join(sorted(valid))}"
         )
     env_params = env_params.replace(**params)
+    if hasattr(env, "check_params"):  # an env that validates its parameters (rljax's own)
+        env.check_params(env_params)
     env = LogWrapper(env)
     if flatten_obs:
         env = FlattenObservationWrapper(env)

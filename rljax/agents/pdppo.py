@@ -1,0 +1,428 @@
+"""PDPPO: PPO with a pre-decision critic V(s) and a post-decision critic V^x(s^x).
+
+Felizardo, Fadda, Brandimarte, Del-Moral-Hernandez, Nascimento, "A Reinforcement Learning Method
+for Environments with Stochastic Variables: Post-Decision Proximal Policy Optimization with Dual
+Critic Networks", arXiv 2504.05150 (IJCNN 2025), github.com/leokan92/pdppo. Everything else is
+PPO as in ppo.py (PureJaxRL's details); diff the two files to see the paper's change.
+
+A step splits into a deterministic part (s_t, a_t) -> s^x_t, the post-decision state, and a
+stochastic part s^x_t -> s_{t+1}. The env reports s^x_t as ``info["post_decision_obs"]`` and the
+deterministic reward r^x_t (lot sizing: minus the setup costs) as ``info["post_decision_reward"]``.
+
+    A_t, R_t     = GAE(r, V(s)) as in ppo.py               the pre-decision critic
+    A^x_t, R^x_t = GAE(r^x, V^x(s^x))                      the post-decision critic
+    advantage="max" (the paper): A = max(A^x_t, A_t),       L_V = L_V(V, R) + L_V(V^x, R^x)
+    advantage="min" (the authors' code at a760530): A = R_t - min(V(s_t), V^x(s^x_t)),
+                                                           L_V = L_V(min(V, V^x), R)
+    advantage="pre": A = A_t, L_V = L_V(V, R): plain PPO on the same network, the baseline
+    L = L_pi(A) + vf_coef L_V - ent_coef mean(H[pi]),      L_pi and L_V clipped as in ppo.py
+
+The policy is one categorical per action dimension (per machine), log pi(a|s) = sum_m
+log pi_m(a_m|s), for MultiDiscrete action spaces (``nvec``). The post-decision trace ends at
+every episode end and at the rollout's end (bootstrapping there would take the next decision's
+post-decision state), so for advantage="max" rollouts hold whole episodes: num_steps is a
+multiple of max_steps_in_episode, as in the paper (an update every 40 whole episodes).
+``reward_scale`` scales r and r^x alike; a reward-normalizing wrapper would scale only r and
+break the comparison of the two advantages.
+
+Where the authors' code differs from ppo.py beyond the paper's change, we keep ppo.py: GAE
+(they use Monte-Carlo returns: gae_lambda=1 on whole episodes is the same), minibatches, one
+Adam for all networks (they use three), advantages normalized per minibatch, value clipping.
+"""
+
+from typing import Any, NamedTuple
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.linen.initializers import constant, orthogonal
+
+# Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
+ENV_AXIS = "env"
+
+
+def _field(default, *, static=False, bounds=None, choices=None):
+    """A config field. Static fields are shapes and switches (changing one recompiles); the
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
+    metadata = {"bounds": bounds, "choices": choices}
+    return struct.field(pytree_node=not static, default=default, metadata=metadata)
+
+
+@struct.dataclass
+class Config:
+    num_envs: int = _field(16, static=True, bounds="[1, inf)")
+    num_steps: int = _field(100, static=True, bounds="[1, inf)")
+    num_minibatches: int = _field(4, static=True, bounds="[1, inf)")
+    update_epochs: int = _field(4, static=True, bounds="[1, inf)")
+    total_timesteps: int = _field(240_000, static=True, bounds="[1, inf)")
+    hidden_sizes: tuple = _field((128, 128), static=True)
+    activation: str = _field("tanh", static=True, choices=("tanh", "relu"))
+    anneal_lr: bool = _field(True, static=True)
+    truncation_as_termination: bool = _field(False, static=True)
+    advantage: str = _field("max", static=True, choices=("max", "min", "pre"))
+    lr: float = _field(1e-3, bounds="(0, inf)")
+    gamma: float = _field(0.99, bounds="[0, 1]")
+    gae_lambda: float = _field(0.95, bounds="[0, 1]")
+    clip_eps: float = _field(0.2, bounds="(0, inf)")
+    ent_coef: float = _field(0.01, bounds="[0, inf)")
+    vf_coef: float = _field(0.5, bounds="[0, inf)")
+    max_grad_norm: float = _field(0.5, bounds="(0, inf)")
+    reward_scale: float = _field(0.01, bounds="(0, inf)")
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.steps_per_update
+
+
+@struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: jax.Array  # (num_envs, obs_dim)
+    rng: jax.Array
+    update_step: jax.Array  # updates done so far; drives LR annealing
+
+
+class Transition(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    value: jax.Array
+    log_prob: jax.Array
+    next_obs: jax.Array  # the observation after the action, before any auto-reset
+    post_obs: jax.Array  # the post-decision state after the action, before the noise
+    post_reward: jax.Array  # the deterministic part of the reward
+    info: dict
+
+
+# --- Networks ---
+
+
+class ActorCritic(nn.Module):
+    """Separate actor, critic and post-decision critic MLPs; orthogonal init as in PureJaxRL.
+
+    Called with obs only, returns (pi, V(s)); with post_obs too, (pi, V(s), V^x(s^x)).
+    """
+
+    action_shape: tuple  # (action dimensions, choices per dimension)
+    hidden_sizes: tuple
+    activation: str
+
+    @nn.compact
+    def __call__(self, obs, post_obs=None):
+        activation = {"tanh": nn.tanh, "relu": nn.relu}[self.activation]
+
+        def torso(x, name):
+            for i, size in enumerate(self.hidden_sizes):
+                dense = nn.Dense(size, kernel_init=orthogonal(np.sqrt(2)), name=f"{name}_{i}")
+                x = activation(dense(x))
+            return x
+
+        logits = nn.DenseGeneral(
+            self.action_shape,
+            kernel_init=orthogonal(0.01),
+            bias_init=constant(0.0),
+            name="actor_head",
+        )(torso(obs, "actor"))
+        pi = distrax.Independent(distrax.Categorical(logits=logits), reinterpreted_batch_ndims=1)
+
+        def critic(x, name):
+            value = nn.Dense(
+                1, kernel_init=orthogonal(1.0), bias_init=constant(0.0), name=f"{name}_head"
+            )(torso(x, name))
+            return jnp.squeeze(value, -1)
+
+        if post_obs is None:
+            return pi, critic(obs, "critic")
+        return pi, critic(obs, "critic"), critic(post_obs, "post_critic")
+
+
+def _network(config: Config, action_space) -> ActorCritic:
+    action_shape = (len(action_space.nvec), int(action_space.nvec[0]))
+    return ActorCritic(action_shape, tuple(config.hidden_sizes), config.activation)
+
+
+def _optimizer(config: Config, lr) -> optax.GradientTransformation:
+    # Hyperparameters enter as (possibly traced) values, so a sweep over them compiles once.
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+# --- Pure functions ---
+
+
+def gae(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """Generalized advantage estimation, time-major.
+
+    Bootstraps through truncation (time limits) but not through termination. ``next_values``
+    are the values of the states reached, before any auto-reset. Returns (advantages, targets).
+    """
+    terminated = terminated.astype(jnp.float32)
+    done = jnp.maximum(terminated, truncated.astype(jnp.float32))
+    deltas = rewards + gamma * (1.0 - terminated) * next_values - values
+    decays = gamma * lam * (1.0 - done)
+
+    def backward(next_advantage, delta_and_decay):
+        delta, decay = delta_and_decay
+        advantage = delta + decay * next_advantage
+        return advantage, advantage
+
+    _, advantages = jax.lax.scan(
+        backward, jnp.zeros_like(deltas[0]), (deltas, decays), reverse=True, unroll=16
+    )
+    return advantages, advantages + values
+
+
+def critic_values(config: Config, value, post_value):
+    """What the value loss fits, (..., critics): [V, V^x] ("max"), [min(V, V^x)] or [V]."""
+    if config.advantage == "max":
+        return jnp.stack([value, post_value], -1)
+    if config.advantage == "min":
+        return jnp.minimum(value, post_value)[..., None]
+    return value[..., None]
+
+
+def combine_advantages(advantages, targets, values, post_rewards, post_values, done, config):
+    """The paper's change, time-major. The post-decision trace GAE(r^x, V^x) ends at every
+    episode end (done) and at the rollout's end, where the next post-decision state is unknown.
+    Returns the advantages the policy follows, the critics' old values and targets (last axis:
+    the critics of critic_values), and the fraction of steps where A^x > A."""
+    ends = done.at[-1].set(True)
+    next_post_values = jnp.concatenate([post_values[1:], jnp.zeros_like(post_values[:1])])
+    post_advantages, post_targets = gae(
+        post_rewards, post_values, next_post_values, ends, ends, config.gamma, config.gae_lambda
+    )
+    post_wins = (post_advantages > advantages).mean()
+    old_values = critic_values(config, values, post_values)
+    if config.advantage == "max":
+        advantages = jnp.maximum(advantages, post_advantages)
+        targets = jnp.stack([targets, post_targets], -1)
+    else:
+        if config.advantage == "min":
+            advantages = targets - old_values[..., 0]
+        targets = targets[..., None]
+    return advantages, old_values, targets, post_wins
+
+
+def pdppo_loss(log_prob, old_log_prob, advantages, value, old_value, targets, entropy, config):
+    """The clipped PPO objective on one minibatch, one clipped value loss per critic (the last
+    axis of value, old_value and targets), summed; returns (loss, parts)."""
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_ratio = log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
+    policy_loss = -jnp.minimum(ratio * advantages, clipped_ratio * advantages).mean()
+    value_clipped = old_value + jnp.clip(value - old_value, -config.clip_eps, config.clip_eps)
+    squared_errors = jnp.maximum(jnp.square(value - targets), jnp.square(value_clipped - targets))
+    value_loss = 0.5 * squared_errors.sum(-1).mean()  # one term per critic
+    entropy = entropy.mean()
+    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    parts = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+        "clip_fraction": (jnp.abs(ratio - 1.0) > config.clip_eps).mean(),
+    }
+    return loss, parts
+
+
+# --- The contract ---
+
+
+def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
+    obs_shape = env.observation_space(env_params).shape
+    if len(obs_shape) != 1:
+        raise ValueError(
+            f"PDPPO's MLP takes vector observations, got shape {obs_shape}; flatten them "
+            "(rljax.envs.make(name, flatten_obs=True), or gymnax's FlattenObservationWrapper)"
+        )
+    if config.steps_per_update % config.num_minibatches:
+        raise ValueError(
+            f"num_minibatches={config.num_minibatches} must divide "
+            f"num_envs * num_steps = {config.steps_per_update}"
+        )
+    action_space = env.action_space(env_params)
+    nvec = getattr(action_space, "nvec", None)
+    if nvec is None or len(set(nvec)) != 1:
+        raise ValueError(
+            f"PDPPO needs a MultiDiscrete action space with as many choices in every dimension "
+            f"(nvec), got {action_space}"
+        )
+    horizon = getattr(env_params, "max_steps_in_episode", None)
+    if config.advantage == "max" and horizon and config.num_steps % horizon:
+        raise ValueError(
+            f"num_steps={config.num_steps} must be a multiple of max_steps_in_episode={horizon}: "
+            "the post-decision returns end with each rollout, so rollouts hold whole episodes"
+        )
+    rng, net_key, env_key = jax.random.split(rng, 3)
+    reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
+    obs, env_state = reset(jax.random.split(env_key, config.num_envs), env_params)
+    # The post-decision state comes in the step's info: its shape, without stepping.
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
+    keys = jax.random.split(env_key, config.num_envs)
+    actions = jax.vmap(action_space.sample)(keys)
+    info = jax.eval_shape(step, keys, env_state, actions, env_params)[-1]
+    if not {"post_decision_obs", "post_decision_reward"} <= set(info):
+        raise ValueError(
+            "PDPPO needs an env whose step reports info['post_decision_obs'] and "
+            "info['post_decision_reward'] (as rljax/LotSizing-* does)"
+        )
+    network = _network(config, action_space)
+    post_obs_shape = info["post_decision_obs"].shape[1:]
+    params = network.init(net_key, jnp.zeros(obs_shape), jnp.zeros(post_obs_shape))
+    opt_state = _optimizer(config, config.lr).init(params)
+    return TrainState(params, opt_state, env_state, obs, rng, jnp.zeros((), jnp.int32))
+
+
+def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainState, dict]:
+    """One iteration: a rollout of num_steps x num_envs, then update_epochs of minibatch SGD."""
+    network = _network(config, env.action_space(env_params))
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
+
+    # --- Rollout ---
+    def env_step(carry, _):
+        env_state, obs, rng = carry
+        rng, action_key, step_key = jax.random.split(rng, 3)
+        pi, value = network.apply(state.params, obs)
+        action = pi.sample(seed=action_key)
+        step_keys = jax.random.split(step_key, config.num_envs)
+        next_obs, env_state, reward, terminated, truncated, info = step(
+            step_keys, env_state, action, env_params
+        )
+        next_obs_before_reset = info.pop("final_observation")
+        post_obs, post_reward = info.pop("post_decision_obs"), info.pop("post_decision_reward")
+        transition = Transition(
+            obs, action, reward, terminated, truncated, value, pi.log_prob(action),
+            next_obs_before_reset, post_obs, post_reward, info,
+        )  # fmt: skip
+        return (env_state, next_obs, rng), transition
+
+    (env_state, obs, rng), traj = jax.lax.scan(
+        env_step, (state.env_state, state.obs, state.rng), None, config.num_steps
+    )
+
+    # --- Advantages ---
+    # next_obs and post_obs both follow the action: one pass gives V(s'_t) and V^x(s^x_t).
+    _, next_values, post_values = network.apply(state.params, traj.next_obs, traj.post_obs)
+    terminated = traj.terminated
+    if config.truncation_as_termination:
+        terminated = jnp.logical_or(terminated, traj.truncated)
+    advantages, targets = gae(
+        config.reward_scale * traj.reward, traj.value, next_values, terminated, traj.truncated,
+        config.gamma, config.gae_lambda,
+    )  # fmt: skip
+    done = jnp.logical_or(traj.terminated, traj.truncated)
+    advantages, old_values, targets, post_wins = combine_advantages(
+        advantages, targets, traj.value, config.reward_scale * traj.post_reward, post_values,
+        done, config,
+    )  # fmt: skip
+
+    # --- Minibatch epochs ---
+    lr = config.lr
+    if config.anneal_lr:
+        lr = config.lr * (1.0 - state.update_step / config.num_updates)
+    optimizer = _optimizer(config, lr)
+
+    def loss_fn(params, batch):
+        obs, post_obs, action, old_log_prob, old_value, advantages, targets = batch
+        pi, value, post_value = network.apply(params, obs, post_obs)
+        return pdppo_loss(
+            pi.log_prob(action), old_log_prob, advantages,
+            critic_values(config, value, post_value), old_value, targets, pi.entropy(), config,
+        )  # fmt: skip
+
+    def minibatch_step(carry, batch):
+        params, opt_state = carry
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
+
+    def epoch(carry, _):
+        params, opt_state, rng = carry
+        rng, perm_key = jax.random.split(rng)
+        batch = (traj.obs, traj.post_obs, traj.action, traj.log_prob, old_values, advantages,
+                 targets)  # fmt: skip
+        batch = jax.tree.map(lambda x: x.reshape(config.steps_per_update, *x.shape[2:]), batch)
+        permutation = jax.random.permutation(perm_key, config.steps_per_update)
+        minibatches = jax.tree.map(
+            lambda x: x[permutation].reshape(config.num_minibatches, -1, *x.shape[1:]), batch
+        )
+        (params, opt_state), losses = jax.lax.scan(minibatch_step, (params, opt_state), minibatches)
+        return (params, opt_state, rng), losses
+
+    (params, opt_state, rng), losses = jax.lax.scan(
+        epoch, (state.params, state.opt_state, rng), None, config.update_epochs
+    )
+
+    state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
+    metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
+    metrics["post_advantage_wins"] = post_wins  # how often A^x > A, whichever advantage is used
+    return state, metrics
+
+
+def train(config: Config, env, env_params, rng: jax.Array, num_updates: int | None = None):
+    """init, then num_updates (default: total_timesteps // steps_per_update) updates."""
+    num_updates = config.num_updates if num_updates is None else num_updates
+    state = init(config, env, env_params, rng)
+    return jax.lax.scan(lambda s, _: update(config, env, env_params, s), state, None, num_updates)
+
+
+def act(config: Config, params, obs: jax.Array, rng: jax.Array, deterministic: bool = False):
+    action_shape = params["params"]["actor_head"]["kernel"].shape[1:]  # (hidden, dims, choices)
+    network = ActorCritic(action_shape, tuple(config.hidden_sizes), config.activation)
+    pi, _ = network.apply(params, obs)
+    return pi.mode() if deterministic else pi.sample(seed=rng)
+
+
+def _episode_metrics(info: dict) -> dict:
+    """Mean return and length of the episodes that finished in this rollout (NaN if none)."""
+    if "returned_episode" not in info:  # an env without episode statistics
+        return {}
+    finished = info["returned_episode"]
+    count = finished.sum()
+
+    def mean(x):
+        return jnp.where(count > 0, (x * finished).sum() / jnp.maximum(count, 1), jnp.nan)
+
+    return {
+        "episode_return": mean(info["returned_episode_returns"]),
+        "episode_length": mean(info["returned_episode_lengths"]),
+        "episodes": count,
+    }
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    from rljax.envs import make
+
+    # The post-decision state comes from the env: rljax's lot sizing (rljax/envs/lot_sizing.py).
+    env_name = sys.argv[1] if len(sys.argv) > 1 else "rljax/LotSizing-15x5"
+    env, env_params = make(env_name)
+    for advantage in ("max", "pre"):
+        config = Config(advantage=advantage)
+        start = time.time()
+        _, metrics = jax.jit(lambda key, c=config: train(c, env, env_params, key))(
+            jax.random.PRNGKey(30)
+        )
+        costs = -np.asarray(metrics["episode_return"])
+        print(f"advantage={advantage} on {env_name}: {config.total_timesteps} steps in "
+              f"{time.time() - start:.1f}s")  # fmt: skip
+        for i in np.linspace(0, len(costs) - 1, 10).astype(int):
+            step = (i + 1) * config.steps_per_update
+            print(
+                f"  step {step:>8d}  episode cost {np.nanmean(costs[max(0, i - 9) : i + 1]):8.1f}"
+            )
