@@ -1,0 +1,48 @@
+"""Offline datasets: one device ``Dataset``; D4RL, Minari and OGBench files, local only.
+
+Nothing here downloads: a missing file raises DatasetNotFound with the path that was looked at.
+"""
+
+from rljax.data.d4rl import load_d4rl, qlearning_arrays, read_d4rl, write_d4rl
+from rljax.data.dataset import (
+    ChecksumMismatch,
+    Dataset,
+    DatasetError,
+    DatasetNotFound,
+    MalformedDataset,
+    episode_returns,
+    sample,
+)
+from rljax.data.minari import episodes_to_arrays, load_minari, read_minari, write_minari
+from rljax.data.ogbench import load_ogbench, read_ogbench, write_ogbench
+from rljax.data.scores import (
+    D4RL_REFERENCES,
+    NoReferenceScores,
+    normalized_score,
+    references,
+)
+
+__all__ = [
+    "D4RL_REFERENCES",
+    "ChecksumMismatch",
+    "Dataset",
+    "DatasetError",
+    "DatasetNotFound",
+    "MalformedDataset",
+    "NoReferenceScores",
+    "episode_returns",
+    "episodes_to_arrays",
+    "load_d4rl",
+    "load_minari",
+    "load_ogbench",
+    "normalized_score",
+    "qlearning_arrays",
+    "read_d4rl",
+    "read_minari",
+    "read_ogbench",
+    "references",
+    "sample",
+    "write_d4rl",
+    "write_minari",
+    "write_ogbench",
+]
