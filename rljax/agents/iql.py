@@ -1,0 +1,436 @@
+"""Implicit Q-learning: expectile regression for V, SARSA-style Q, advantage-weighted actor.
+
+Kostrikov, Nair, Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022
+(ikostrikov/implicit_q_learning). Each gradient step, in this order:
+
+    L_V  = mean(|tau_e - 1(u < 0)| u^2),   u = min_i Qbar_i(s, a) - V(s)      (target critics)
+    L_pi = -mean(min(exp(beta (min_i Qbar_i(s, a) - V(s))), 100) log pi(a|s))  (the new V)
+    L_Q  = sum_i mean((Q_i(s, a) - (r + gamma (1 - terminal) V(s')))^2)        (the new V)
+    Qbar <- (1 - tau) Qbar + tau Q
+
+pi(.|s) = N(tanh(mu(s)), diag(exp(2 log_std))) with a state-independent log_std (a free parameter
+initialised at 0, clipped to [log_std_min, log_std_max]) and no tanh squashing of the samples;
+the actor's learning rate decays along a cosine to 0 over ``total_updates``; evaluation uses
+the mean. Rewards are preprocessed as in the paper's code: ``"return_range"`` (MuJoCo)
+r <- 1000 r / (max episode return - min episode return), ``"antmaze"`` r <- r - 1, or ``"none"``.
+Observations are normalized by the dataset's statistics, ``(s - mu) / (sigma + 1e-3)`` (as CORL
+does; the original normalizes only rewards). Actions are assumed in [-1, 1] (D4RL convention).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+
+def _field(default, *, static=False, bounds=None, choices=None):
+    """A config field. Static fields are shapes and switches (changing one recompiles); the
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
+    metadata = {"bounds": bounds, "choices": choices}
+    return struct.field(pytree_node=not static, default=default, metadata=metadata)
+
+
+@struct.dataclass
+class Config:
+    batch_size: int = _field(256, static=True, bounds="[1, inf)")
+    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
+    hidden_sizes: tuple = _field((256, 256), static=True)
+    normalize_obs: bool = _field(True, static=True)
+    reward_preprocessing: str = _field(
+        "return_range", static=True, choices=("return_range", "antmaze", "none")
+    )
+    actor_lr: float = _field(3e-4, bounds="(0, inf)")
+    critic_lr: float = _field(3e-4, bounds="(0, inf)")
+    value_lr: float = _field(3e-4, bounds="(0, inf)")
+    gamma: float = _field(0.99, bounds="[0, 1]")
+    tau: float = _field(0.005, bounds="(0, 1]")
+    expectile: float = _field(0.7, bounds="(0, 1)")
+    beta: float = _field(3.0, bounds="[0, inf)")  # inverse temperature of the AWR weights
+    log_std_min: float = _field(-5.0)
+    log_std_max: float = _field(2.0)
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_updates
+
+
+@struct.dataclass
+class Params:
+    actor: Any
+    critic: Any  # both critics, stacked on a leading axis of 2
+    value: Any
+    obs_mean: jax.Array  # normalized obs = (obs - obs_mean) / obs_std
+    obs_std: jax.Array
+    action_dim: int = struct.field(pytree_node=False, default=1)
+
+
+@struct.dataclass
+class TrainState:
+    params: Params
+    target_critic: Any
+    actor_opt: Any
+    critic_opt: Any
+    value_opt: Any
+    reward_scale: jax.Array  # r <- reward_scale * r + reward_shift, fixed at init
+    reward_shift: jax.Array
+    rng: jax.Array
+    step: jax.Array  # gradient steps done so far
+
+
+# --- Networks ---
+
+
+def _mlp(x, hidden_sizes):
+    for size in hidden_sizes:
+        x = nn.relu(nn.Dense(size)(x))
+    return x
+
+
+class Actor(nn.Module):
+    """Mean (through tanh) and the state-independent log standard deviation."""
+
+    action_dim: int
+    hidden_sizes: tuple
+
+    @nn.compact
+    def __call__(self, obs):
+        x = _mlp(obs, self.hidden_sizes)
+        mean = jnp.tanh(nn.Dense(self.action_dim)(x))
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        return mean, log_std
+
+
+class Critic(nn.Module):
+    hidden_sizes: tuple
+
+    @nn.compact
+    def __call__(self, obs, action):
+        x = _mlp(jnp.concatenate([obs, action], -1), self.hidden_sizes)
+        return jnp.squeeze(nn.Dense(1)(x), -1)
+
+
+class TwinCritic(nn.Module):
+    """Two independent critics evaluated as one vmapped network; outputs (2, ...)."""
+
+    hidden_sizes: tuple
+
+    @nn.compact
+    def __call__(self, obs, action):
+        twins = nn.vmap(
+            Critic,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            axis_size=2,
+        )
+        return twins(self.hidden_sizes)(obs, action)
+
+
+class Value(nn.Module):
+    hidden_sizes: tuple
+
+    @nn.compact
+    def __call__(self, obs):
+        x = _mlp(obs, self.hidden_sizes)
+        return jnp.squeeze(nn.Dense(1)(x), -1)
+
+
+def _networks(config: Config, action_dim: int) -> tuple[Actor, TwinCritic, Value]:
+    hidden = tuple(config.hidden_sizes)
+    return Actor(action_dim, hidden), TwinCritic(hidden), Value(hidden)
+
+
+def _normalize(params: Params, obs):
+    return (obs - params.obs_mean) / params.obs_std
+
+
+def gaussian_log_prob(mean, log_std, action):
+    """log N(action; mean, diag(exp(log_std)^2)), summed over the action dimensions."""
+    z = (action - mean) * jnp.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
+
+
+# --- Data ---
+
+BATCH_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations")
+
+
+def sample_batch(dataset, rng: jax.Array, batch_size: int) -> dict:
+    """Rows drawn uniformly with replacement, as the dict ``update`` takes."""
+    idx = jax.random.randint(rng, (batch_size,), 0, dataset.rewards.shape[0])
+    return {k: getattr(dataset, k)[idx] for k in BATCH_KEYS}
+
+
+def episode_returns(rewards, terminals, timeouts) -> np.ndarray:
+    """Undiscounted return of each complete episode (ended by a terminal or a timeout)."""
+    ends = np.flatnonzero((np.asarray(terminals) > 0) | (np.asarray(timeouts) > 0))
+    return np.diff(np.cumsum(np.asarray(rewards, np.float64))[ends], prepend=0.0)
+
+
+# --- Losses ---
+
+
+def expectile_loss(diff, expectile):
+    """Asymmetric squared error: weight expectile where diff >= 0, 1 - expectile below."""
+    weight = jnp.where(diff < 0, 1 - expectile, expectile)
+    return (weight * diff**2).mean()
+
+
+def value_loss(value_params, params: Params, target_critic, batch, config: Config):
+    """Expectile regression of V(s) on the smaller *target* critic; batch normalized."""
+    _, critic, value = _networks(config, params.action_dim)
+    q = critic.apply(target_critic, batch["observations"], batch["actions"]).min(0)
+    v = value.apply(value_params, batch["observations"])
+    return expectile_loss(q - v, config.expectile), v.mean()
+
+
+def actor_loss(actor_params, params: Params, target_critic, batch, config: Config):
+    """Advantage-weighted regression with weights exp(beta A) clipped at 100."""
+    actor, critic, value = _networks(config, params.action_dim)
+    q = critic.apply(target_critic, batch["observations"], batch["actions"]).min(0)
+    advantage = q - value.apply(params.value, batch["observations"])
+    weight = jnp.minimum(jnp.exp(config.beta * advantage), 100.0)
+    mean, log_std = actor.apply(actor_params, batch["observations"])
+    log_std = jnp.clip(log_std, config.log_std_min, config.log_std_max)
+    log_prob = gaussian_log_prob(mean, log_std, batch["actions"])
+    return -(weight * log_prob).mean(), {"advantage": advantage.mean(), "weight": weight.mean()}
+
+
+def critic_loss(critic_params, params: Params, batch, config: Config):
+    """Both critics regress on r + gamma (1 - terminal) V(s'); rewards already preprocessed."""
+    _, critic, value = _networks(config, params.action_dim)
+    v_next = value.apply(params.value, batch["next_observations"])
+    target = batch["rewards"] + config.gamma * (1.0 - batch["terminals"]) * v_next
+    q = critic.apply(critic_params, batch["observations"], batch["actions"])
+    return jnp.square(q - target).mean(-1).sum(), q.mean()
+
+
+# --- The contract ---
+
+
+def _reward_transform(config: Config, dataset) -> tuple[float, float]:
+    if config.reward_preprocessing == "antmaze":
+        return 1.0, -1.0
+    if config.reward_preprocessing == "none":
+        return 1.0, 0.0
+    returns = episode_returns(dataset.rewards, dataset.terminals, dataset.timeouts)
+    spread = returns.max() - returns.min() if len(returns) else 0.0
+    if spread <= 0:
+        raise ValueError(
+            f"reward_preprocessing='return_range' needs episodes with different returns, got "
+            f"{len(returns)} complete episode(s) with a return range of {spread}: mark episode "
+            "ends in terminals/timeouts, or choose reward_preprocessing='none'"
+        )
+    return 1000.0 / spread, 0.0
+
+
+def _check_dataset(dataset) -> None:
+    if dataset.observations.ndim != 2 or dataset.actions.ndim != 2:
+        raise ValueError(
+            f"IQL takes vector observations and actions, got shapes "
+            f"{dataset.observations.shape[1:]} and {dataset.actions.shape[1:]}"
+        )
+    if isinstance(dataset.actions, jax.core.Tracer):
+        raise ValueError(
+            "IQL's init reads the dataset on the host (reward scaling): close over the "
+            "dataset instead of passing it through jit or vmap"
+        )
+    largest = float(np.abs(np.asarray(dataset.actions)).max())
+    if largest > 1 + 1e-4:
+        raise ValueError(
+            f"dataset actions reach {largest:.4g} but the actor's mean lies in [-1, 1]: "
+            "rescale the dataset's actions into [-1, 1] (the D4RL convention)"
+        )
+
+
+def init(config: Config, dataset, rng: jax.Array) -> TrainState:
+    """Networks, optimizers, normalization statistics and reward scaling for ``dataset``.
+
+    ``dataset`` (an rljax Dataset) must be concrete: close over it rather than pass it through
+    jit, since the reward scale is computed from its episodes on the host.
+    """
+    _check_dataset(dataset)
+    reward_scale, reward_shift = _reward_transform(config, dataset)
+    actor_key, critic_key, value_key, rng = jax.random.split(rng, 4)
+    obs_dim, action_dim = dataset.observations.shape[-1], dataset.actions.shape[-1]
+    actor, critic, value = _networks(config, action_dim)
+    dummy_obs, dummy_action = jnp.zeros(obs_dim), jnp.zeros(action_dim)
+    if config.normalize_obs:
+        obs_mean = dataset.observations.mean(0)
+        obs_std = dataset.observations.std(0) + 1e-3
+    else:
+        obs_mean, obs_std = jnp.zeros(obs_dim), jnp.ones(obs_dim)
+    params = Params(
+        actor=actor.init(actor_key, dummy_obs),
+        critic=critic.init(critic_key, dummy_obs, dummy_action),
+        value=value.init(value_key, dummy_obs),
+        obs_mean=obs_mean,
+        obs_std=obs_std,
+        action_dim=action_dim,
+    )
+    return TrainState(
+        params=params,
+        target_critic=params.critic,
+        actor_opt=optax.adam(config.actor_lr).init(params.actor),
+        critic_opt=optax.adam(config.critic_lr).init(params.critic),
+        value_opt=optax.adam(config.value_lr).init(params.value),
+        reward_scale=jnp.asarray(reward_scale, jnp.float32),
+        reward_shift=jnp.asarray(reward_shift, jnp.float32),
+        rng=rng,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def actor_learning_rate(config: Config, step):
+    """Cosine decay from actor_lr to 0 over total_updates (optax.cosine_decay_schedule)."""
+    progress = jnp.minimum(step, config.total_updates) / config.total_updates
+    return config.actor_lr * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+
+
+def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One gradient step: V, then the actor, then Q, then the target critics."""
+    params = state.params
+    batch = batch | {
+        "observations": _normalize(params, batch["observations"]),
+        "next_observations": _normalize(params, batch["next_observations"]),
+        "rewards": state.reward_scale * batch["rewards"] + state.reward_shift,
+    }
+
+    (loss_v, v_mean), value_grads = jax.value_and_grad(value_loss, has_aux=True)(
+        params.value, params, state.target_critic, batch, config
+    )
+    updates, value_opt = optax.adam(config.value_lr).update(value_grads, state.value_opt)
+    params = params.replace(value=optax.apply_updates(params.value, updates))
+
+    (loss_pi, aux), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        params.actor, params, state.target_critic, batch, config
+    )
+    lr = actor_learning_rate(config, state.step)
+    updates, actor_opt = optax.adam(lr).update(actor_grads, state.actor_opt)
+    params = params.replace(actor=optax.apply_updates(params.actor, updates))
+
+    (loss_q, q_mean), critic_grads = jax.value_and_grad(critic_loss, has_aux=True)(
+        params.critic, params, batch, config
+    )
+    updates, critic_opt = optax.adam(config.critic_lr).update(critic_grads, state.critic_opt)
+    params = params.replace(critic=optax.apply_updates(params.critic, updates))
+
+    state = state.replace(
+        params=params,
+        target_critic=optax.incremental_update(params.critic, state.target_critic, config.tau),
+        actor_opt=actor_opt,
+        critic_opt=critic_opt,
+        value_opt=value_opt,
+        step=state.step + 1,
+    )
+    metrics = {
+        "value_loss": loss_v,
+        "actor_loss": loss_pi,
+        "critic_loss": loss_q,
+        "v_mean": v_mean,
+        "q_mean": q_mean,
+        "advantage_mean": aux["advantage"],
+        "awr_weight_mean": aux["weight"],
+        "actor_lr": lr,
+        "grad_norm": optax.tree.norm(critic_grads),
+        "actor_grad_norm": optax.tree.norm(actor_grads),
+        "value_grad_norm": optax.tree.norm(value_grads),
+    }
+    return state, metrics
+
+
+def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
+    """init, then num_updates (default: total_updates) gradient steps on uniform batches.
+
+    The dataset is closed over, not carried in the state, so seeds vmapped over ``train`` share
+    one copy of it.
+    """
+    num_updates = config.num_updates if num_updates is None else num_updates
+    state = init(config, dataset, rng)
+
+    def step(state, _):
+        rng, batch_key = jax.random.split(state.rng)
+        batch = sample_batch(dataset, batch_key, config.batch_size)
+        return update(config, state.replace(rng=rng), batch)
+
+    return jax.lax.scan(step, state, None, num_updates)
+
+
+def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic=False):
+    """The Gaussian's mean when deterministic, else a sample; clipped to [-1, 1]."""
+    actor, _, _ = _networks(config, params.action_dim)
+    mean, log_std = actor.apply(params.actor, _normalize(params, obs))
+    if deterministic:
+        return mean
+    log_std = jnp.clip(log_std, config.log_std_min, config.log_std_max)
+    return jnp.clip(mean + jnp.exp(log_std) * jax.random.normal(rng, mean.shape), -1.0, 1.0)
+
+
+if __name__ == "__main__":
+    import time
+
+    import gymnax
+
+    # A small offline dataset: a noisy swing-up controller on Pendulum, torque scaled to [-1, 1].
+    env, env_params = gymnax.make("Pendulum-v1")
+    episodes, horizon = 50, 200
+
+    def scripted(obs, rng):
+        angle, velocity = jnp.arctan2(obs[1], obs[0]), obs[2]
+        balance = jnp.clip(-(10 * angle + 2 * velocity) / 2, -1, 1)
+        swing = jnp.sign(velocity + 1e-3)  # pump energy along the motion
+        action = jnp.where(obs[0] > 0.8, balance, swing)
+        return jnp.clip(action + 0.5 * jax.random.normal(rng, ()), -1, 1)[None]
+
+    def rollout(rng, policy):
+        reset_key, rng = jax.random.split(rng)
+        obs, env_state = env.reset(reset_key, env_params)
+
+        def step(carry, rng):
+            obs, env_state = carry
+            policy_key, step_key = jax.random.split(rng)
+            action = policy(obs, policy_key)
+            next_obs, env_state, reward, *_ = env.step(step_key, env_state, 2 * action, env_params)
+            return (next_obs, env_state), (obs, action, reward, next_obs)
+
+        return jax.lax.scan(step, (obs, env_state), jax.random.split(rng, horizon))[1]
+
+    keys = jax.random.split(jax.random.PRNGKey(0), episodes)
+    obs, actions, rewards, next_obs = jax.vmap(lambda k: rollout(k, scripted))(keys)
+    timeouts = np.zeros((episodes, horizon), np.float32)
+    timeouts[:, -1] = 1  # Pendulum never terminates: every episode ends in a time limit
+
+    @struct.dataclass
+    class Transitions:  # the rljax.data.Dataset fields, without importing rljax
+        observations: jax.Array
+        actions: jax.Array
+        rewards: jax.Array
+        terminals: jax.Array
+        timeouts: jax.Array
+        next_observations: jax.Array
+
+    flat = lambda x: x.reshape(episodes * horizon, *x.shape[2:])  # noqa: E731
+    dataset = Transitions(
+        flat(obs), flat(actions), flat(rewards), jnp.zeros(episodes * horizon),
+        flat(jnp.asarray(timeouts)), flat(next_obs),
+    )  # fmt: skip
+    config = Config(
+        total_updates=20_000, hidden_sizes=(64, 64), actor_lr=1e-3, critic_lr=1e-3, value_lr=1e-3
+    )
+    start = time.time()
+    state, metrics = jax.jit(lambda key: train(config, dataset, key))(jax.random.PRNGKey(1))
+    print(f"IQL on {episodes} noisy swing-up episodes of Pendulum-v1: "
+          f"{config.total_updates} updates in {time.time() - start:.1f}s")  # fmt: skip
+    for i in np.linspace(0, config.total_updates - 1, 5).astype(int):
+        losses = {
+            k: float(metrics[k][i]) for k in ("value_loss", "critic_loss", "actor_loss", "q_mean")
+        }
+        print(f"  update {i + 1:>6d}  " + "  ".join(f"{k} {v:.3f}" for k, v in losses.items()))
+    greedy = lambda o, _: act(config, state.params, o, None, deterministic=True)  # noqa: E731
+    eval_rewards = jax.jit(jax.vmap(lambda k: rollout(k, greedy)[2]))(jax.random.split(keys[0], 10))
+    print(f"  dataset return {float(rewards.sum(1).mean()):.1f}, greedy policy return "
+          f"{float(eval_rewards.sum(1).mean()):.1f} over 10 episodes")  # fmt: skip
