@@ -66,6 +66,17 @@ def test_train_eval_and_envs_end_to_end(tmp_path):
         ),
         (["train", "ppo", "--env", "CartPole-v1", "--seeds", "0"], "seeds=0 is out of range"),
         (
+            [
+                "train",
+                "stock_dqn",
+                "--env",
+                "rljax/RiskyShortcut",
+                "--set",
+                "env.normalize_obs=true",
+            ],
+            "env.normalize_obs=true is not supported for it",
+        ),
+        (
             ["sweep", "ppo", "--env", "CartPole-v1", "--grid", "num_envs=4,8"],
             "cannot sweep 'num_envs'",
         ),

@@ -132,6 +132,12 @@ def build(spec: RunSpec) -> Program:
     env_options = {k: v for k, v in spec.env.items() if k != "name"}
     env, env_params = envs.make(spec.env["name"], **env_options)
     if hasattr(agent, "wrap_env"):  # an agent that adds to what its env observes
+        if env_options.get("normalize_obs"):
+            # The saved moments would cover the env's observation, not what the agent adds.
+            raise config_lib.ConfigError(
+                f"{spec.algo} adds to its observations (wrap_env), so env.normalize_obs=true "
+                "is not supported for it"
+            )
         env, env_params = agent.wrap_env(configs[0], env, env_params)
     members = [(c, s) for c in range(len(configs)) for s in range(spec.seeds)]
     stacked = config_lib.stack([configs[c] for c, _ in members])
