@@ -66,14 +66,7 @@ def test_train_eval_and_envs_end_to_end(tmp_path):
         ),
         (["train", "ppo", "--env", "CartPole-v1", "--seeds", "0"], "seeds=0 is out of range"),
         (
-            [
-                "train",
-                "stock_dqn",
-                "--env",
-                "rljax/RiskyShortcut",
-                "--set",
-                "env.normalize_obs=true",
-            ],
+            ["train", "stock_dqn", "--env", "rljax/RiskyShortcut", "--set", "env.normalize_obs=on"],
             "env.normalize_obs=true is not supported for it",
         ),
         (
