@@ -1,4 +1,4 @@
-"""``rljax train | sweep | eval | envs``.
+"""``rljax train | sweep | eval | envs | data``.
 
 Bad input (unknown names, out-of-range fields, an existing run directory) ends with one line
 naming the problem and exit status 2, never a traceback.
@@ -24,7 +24,17 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, help="number of seeds, vmapped (default 1)")
     parser.add_argument("--seed", type=int, help="first seed (default 0)")
-    parser.add_argument("--total-steps", type=float, help="environment steps per member")
+    parser.add_argument(
+        "--total-steps", type=float,
+        help="environment steps per member (gradient steps for offline agents)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dataset", help="offline agents: a dataset file, or a name in the data directories"
+    )
+    parser.add_argument(
+        "--eval-episodes", type=int,
+        help="offline agents: evaluation episodes (per task) after each chunk (default 10)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="run directory (default runs/ALGO-ENV-TIME)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--chunk-updates", type=int, help="updates per jitted chunk")
@@ -44,8 +54,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec(args, grid: dict):
+    from rljax import agents, data
     from rljax.runner.config import ConfigError, parse_assignments
-    from rljax.runner.run import RunSpec
+    from rljax.runner.run import RunSpec, is_offline
 
     try:
         preset = yaml.safe_load(args.config.read_text()) if args.config else {}
@@ -70,10 +81,16 @@ def _spec(args, grid: dict):
             agent[key] = value
     if args.env:
         env["name"] = args.env
+    offline = is_offline(agents.get(args.algo))
+    if offline and args.dataset and "name" not in env:  # evaluate where the data came from
+        env = {**_dataset_env(data.files.metadata(args.dataset)), **env}
     if "name" not in env:
         raise ConfigError("no environment: pass --env NAME (or a --config preset that names one)")
     if args.total_steps is not None:
-        agent["total_timesteps"] = int(args.total_steps)
+        agent["total_updates" if offline else "total_timesteps"] = int(args.total_steps)
+    options = {"dataset": args.dataset}
+    if args.eval_episodes is not None:
+        options["eval_episodes"] = args.eval_episodes
     return RunSpec(
         algo=args.algo,
         env=env,
@@ -82,7 +99,16 @@ def _spec(args, grid: dict):
         seeds=args.seeds if args.seeds is not None else preset.get("seeds", 1),
         seed=args.seed if args.seed is not None else preset.get("seed", 0),
         chunk_updates=args.chunk_updates,
+        **options,
     )
+
+
+def _dataset_env(metadata: dict) -> dict:
+    """The make() options a dataset records for its env: ``{"name": ..., **options}``."""
+    env = metadata.get("env")
+    if isinstance(env, str):
+        return {"name": env}
+    return dict(env) if isinstance(env, dict) and "name" in env else {}
 
 
 def _train(args, grid: dict) -> None:
@@ -92,7 +118,8 @@ def _train(args, grid: dict) -> None:
     out = args.out
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{spec.algo}-{spec.env['name'].replace('/', '_')}-{stamp}"
+        source = Path(spec.dataset).stem if spec.dataset else spec.env["name"].replace("/", "_")
+        out = Path("runs") / f"{spec.algo}-{source}-{stamp}"
     train(
         spec, out, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds,
         tensorboard=args.tensorboard, wandb_project=args.wandb,

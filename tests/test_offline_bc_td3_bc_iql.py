@@ -348,7 +348,8 @@ def test_bc_keeps_the_best_episodes():
     np.testing.assert_array_equal(rows, np.r_[8:16, 40:48])
     np.testing.assert_array_equal(bc.best_episode_rows(dataset, 0.01), np.r_[40:48])
     np.testing.assert_array_equal(bc.best_episode_rows(dataset, 1.0), np.arange(64))
-    drawn = bc.sample_batch(dataset, jnp.asarray(rows), jax.random.PRNGKey(0), 500)
+    config = bc.Config(frac=0.25, batch_size=500)
+    drawn = bc.sample_batch(config, dataset, jax.random.PRNGKey(0))
     kept = np.asarray(dataset.observations)[rows]
     assert all((kept == o).all(-1).any() for o in np.asarray(drawn["observations"]))
 

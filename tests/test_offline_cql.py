@@ -156,7 +156,7 @@ def test_update_agrees_under_jit_and_vmap_over_configs():
     values are covered by the hand-computed tests above.)"""
     dataset = _dataset()
     configs = [cql.Config(hidden_sizes=(8,), batch_size=16, cql_alpha=a) for a in (0.0, 5.0)]
-    batch = {k: getattr(dataset, k)[:16] for k in cql.FIELDS}
+    batch = {k: getattr(dataset, k)[:16] for k in cql.BATCH_KEYS}
     state = cql.init(configs[0], dataset, jax.random.PRNGKey(0))
     jitted = [jax.jit(cql.update)(c, state, batch)[1]["critic_loss"] for c in configs]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *configs)

@@ -2,6 +2,8 @@
 stop-gradient lambda (by hand, gradients included), the next-action sampler, the delayed actor
 and targets, jit/vmap agreement, determinism and named init errors."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,15 +139,17 @@ def _dataset(n=64, seed=0):
 
 def test_sample_batch_next_actions_and_mask():
     """a' = actions[i + 1]; the mask is 0 after a terminal, a timeout or at the last row."""
-    data = {
-        "observations": jnp.arange(5.0)[:, None],
-        "actions": jnp.arange(5.0)[:, None] / 10,
-        "rewards": jnp.arange(5.0),
-        "terminals": jnp.array([0.0, 1.0, 0.0, 0.0, 0.0]),
-        "timeouts": jnp.array([0.0, 0.0, 0.0, 1.0, 0.0]),
-        "next_observations": jnp.arange(5.0)[:, None] + 1,
-    }
-    batch = rebrac.sample_batch(data, jax.random.PRNGKey(0), 200)
+    data = SimpleNamespace(
+        **{
+            "observations": jnp.arange(5.0)[:, None],
+            "actions": jnp.arange(5.0)[:, None] / 10,
+            "rewards": jnp.arange(5.0),
+            "terminals": jnp.array([0.0, 1.0, 0.0, 0.0, 0.0]),
+            "timeouts": jnp.array([0.0, 0.0, 0.0, 1.0, 0.0]),
+            "next_observations": jnp.arange(5.0)[:, None] + 1,
+        }
+    )
+    batch = rebrac.sample_batch(rebrac.Config(batch_size=200), data, jax.random.PRNGKey(0))
     idx = np.asarray(batch["rewards"]).astype(int)
     assert set(idx.tolist()) == set(range(5))
     np.testing.assert_allclose(batch["next_actions"][:, 0], np.minimum(idx + 1, 4) / 10)
@@ -156,9 +160,7 @@ def test_actor_and_targets_move_every_policy_freq_steps():
     config = rebrac.Config(hidden_sizes=(8, 8), batch_size=16, policy_freq=2)
     dataset = _dataset()
     state = rebrac.init(config, dataset, jax.random.PRNGKey(0))
-    batch = rebrac.sample_batch(
-        {k: getattr(dataset, k) for k in rebrac.FIELDS}, jax.random.PRNGKey(1), 16
-    )
+    batch = rebrac.sample_batch(config, dataset, jax.random.PRNGKey(1))
     step = jax.jit(lambda s: rebrac.update(config, s, batch))
 
     def changed(a, b):
@@ -181,9 +183,7 @@ def test_update_agrees_under_jit_and_vmap_over_configs():
     configs = [
         rebrac.Config(hidden_sizes=(8,), batch_size=16, critic_bc_coef=b) for b in (0.0, 1.0)
     ]
-    batch = rebrac.sample_batch(
-        {k: getattr(dataset, k) for k in rebrac.FIELDS}, jax.random.PRNGKey(1), 16
-    )
+    batch = rebrac.sample_batch(configs[0], dataset, jax.random.PRNGKey(1))
     state = rebrac.init(configs[0], dataset, jax.random.PRNGKey(0))
     jitted = [jax.jit(rebrac.update)(c, state, batch)[1]["critic_loss"] for c in configs]
     eager = rebrac.update(configs[1], state, batch)[1]["critic_loss"]

@@ -7,6 +7,13 @@ takes, and what the divergence guard checks), and, for online agents, ``TrainSta
 (where saved observation normalization is found). Metrics named ``episode_*`` may be NaN;
 every other metric must stay finite.
 
+Offline agents learn from a dataset: ``init(config, dataset, rng)``, ``update(config, state,
+batch)`` for one gradient step, and a sixth name, ``sample_batch(config, dataset, rng)``, that
+draws the batch inside jit (the dataset is closed over, so it may be read on the host while
+tracing). Their Config has a static ``total_updates`` (set from --total-steps) instead of
+``total_timesteps``, and ``TrainState.rng``. Goal-conditioned agents are offline agents whose
+``act(config, params, obs, goal, rng, deterministic)`` also takes the goal.
+
 Optionally, ``wrap_env(config, env, env_params, params=None) -> (env, env_params)`` changes the
 env an agent sees (stock_dqn appends its stock to the observation, since ``act`` is
 stateless). The runner applies it to the env it builds, with the first config (so it may read
@@ -30,6 +37,11 @@ ALGORITHMS = {
     "dsac_t": "rljax.agents.dsac_t",
     "mdpo": "rljax.agents.mdpo",
     "dpo": "rljax.agents.dpo",
+    "bc": "rljax.agents.bc",
+    "td3_bc": "rljax.agents.td3_bc",
+    "iql": "rljax.agents.iql",
+    "rebrac": "rljax.agents.rebrac",
+    "cql": "rljax.agents.cql",
 }
 
 

@@ -91,9 +91,11 @@ def best_episode_rows(dataset, frac: float) -> np.ndarray:
     return np.concatenate([np.arange(starts[i], ends[i] + 1) for i in np.sort(best)])
 
 
-def sample_batch(dataset, rows: jax.Array, rng: jax.Array, batch_size: int) -> dict:
-    """Uniform with replacement over ``rows``, as the dict ``update`` takes."""
-    idx = rows[jax.random.randint(rng, (batch_size,), 0, rows.shape[0])]
+def sample_batch(config: Config, dataset, rng: jax.Array) -> dict:
+    """Uniform with replacement over the kept episodes' rows, as the dict ``update`` takes.
+    The rows are chosen on the host when traced: close over the dataset."""
+    rows = jnp.asarray(best_episode_rows(dataset, config.frac), jnp.int32)
+    idx = rows[jax.random.randint(rng, (config.batch_size,), 0, rows.shape[0])]
     return {k: getattr(dataset, k)[idx] for k in ("observations", "actions")}
 
 
@@ -172,11 +174,10 @@ def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = Non
     kept episodes' rows. The dataset is closed over, not carried in the state."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-    rows = jnp.asarray(best_episode_rows(dataset, config.frac), jnp.int32)
 
     def step(state, _):
         rng, batch_key = jax.random.split(state.rng)
-        batch = sample_batch(dataset, rows, batch_key, config.batch_size)
+        batch = sample_batch(config, dataset, batch_key)
         return update(config, state.replace(rng=rng), batch)
 
     return jax.lax.scan(step, state, None, num_updates)

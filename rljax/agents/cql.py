@@ -37,7 +37,7 @@ from flax import struct
 
 OBS_EPS = 1e-3
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
-FIELDS = ("observations", "actions", "rewards", "terminals", "next_observations")
+BATCH_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations")
 
 
 def _field(default, *, static=False, bounds=None, choices=None):
@@ -164,6 +164,15 @@ def sample_action(mean, log_std, rng):
     # log(1 - tanh(x)^2) = 2 (log 2 - x - softplus(-2x)), stable for large |x|
     log_det = 2 * (jnp.log(2.0) - pre_tanh - jax.nn.softplus(-2 * pre_tanh))
     return jnp.tanh(pre_tanh), (gaussian_log_prob - log_det).sum(-1)
+
+
+# --- Data ---
+
+
+def sample_batch(config: Config, dataset, rng: jax.Array) -> dict:
+    """Rows drawn uniformly with replacement, as the dict ``update`` takes."""
+    idx = jax.random.randint(rng, (config.batch_size,), 0, dataset.rewards.shape[0])
+    return {k: getattr(dataset, k)[idx] for k in BATCH_KEYS}
 
 
 # --- Losses (observations already normalized) ---
@@ -377,15 +386,13 @@ def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = Non
     """init, then num_updates (default: total_updates) updates on uniform batches."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-    data = {k: jnp.asarray(getattr(dataset, k)) for k in FIELDS}
 
-    def one_update(state: TrainState, _):
+    def step(state: TrainState, _):
         rng, sample_key = jax.random.split(state.rng)
-        idx = jax.random.randint(sample_key, (config.batch_size,), 0, data["rewards"].shape[0])
-        batch = {k: v[idx] for k, v in data.items()}
+        batch = sample_batch(config, dataset, sample_key)
         return update(config, state.replace(rng=rng), batch)
 
-    return jax.lax.scan(one_update, state, None, num_updates)
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic=False):

@@ -200,14 +200,15 @@ def actor_loss(actor_params, critic_params, batch, config):
 # --- Sampling ---
 
 
-def sample_batch(data: dict, rng: jax.Array, batch_size: int) -> dict:
+def sample_batch(config: Config, dataset, rng: jax.Array) -> dict:
     """A uniform batch with the dataset's next action a' = actions[i + 1] and its mask m.
 
     m is 0 where row i ends an episode (terminal, timeout) or the data, where row i + 1 belongs
     to another episode; terminals are cut from the target anyway.
     """
+    data = {k: getattr(dataset, k) for k in FIELDS}
     size = data["rewards"].shape[0]
-    idx = jax.random.randint(rng, (batch_size,), 0, size)
+    idx = jax.random.randint(rng, (config.batch_size,), 0, size)
     batch = {k: data[k][idx] for k in ("observations", "actions", "rewards", "terminals")}
     batch["next_observations"] = data["next_observations"][idx]
     batch["next_actions"] = data["actions"][jnp.minimum(idx + 1, size - 1)]
@@ -315,11 +316,10 @@ def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = Non
     """init, then num_updates (default: total_updates) updates on uniform batches."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-    data = {k: jnp.asarray(getattr(dataset, k)) for k in FIELDS}
 
     def step(state: TrainState, _):
         rng, sample_key = jax.random.split(state.rng)
-        batch = sample_batch(data, sample_key, config.batch_size)
+        batch = sample_batch(config, dataset, sample_key)
         return update(config, state.replace(rng=rng), batch)
 
     return jax.lax.scan(step, state, None, num_updates)

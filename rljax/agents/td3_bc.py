@@ -135,9 +135,9 @@ def _normalize(params: Params, obs):
 BATCH_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations")
 
 
-def sample_batch(dataset, rng: jax.Array, batch_size: int) -> dict:
+def sample_batch(config: Config, dataset, rng: jax.Array) -> dict:
     """Rows drawn uniformly with replacement, as the dict ``update`` takes."""
-    idx = jax.random.randint(rng, (batch_size,), 0, dataset.rewards.shape[0])
+    idx = jax.random.randint(rng, (config.batch_size,), 0, dataset.rewards.shape[0])
     return {k: getattr(dataset, k)[idx] for k in BATCH_KEYS}
 
 
@@ -290,7 +290,7 @@ def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = Non
 
     def step(state, _):
         rng, batch_key = jax.random.split(state.rng)
-        batch = sample_batch(dataset, batch_key, config.batch_size)
+        batch = sample_batch(config, dataset, batch_key)
         return update(config, state.replace(rng=rng), batch)
 
     return jax.lax.scan(step, state, None, num_updates)

@@ -13,6 +13,7 @@ from rljax.data.dataset import (
     episode_returns,
     sample,
 )
+from rljax.data.files import data_dir, load, resolve
 from rljax.data.minari import episodes_to_arrays, load_minari, read_minari, write_minari
 from rljax.data.ogbench import load_ogbench, read_ogbench, write_ogbench
 from rljax.data.scores import (
@@ -31,7 +32,9 @@ __all__ = [
     "MalformedDataset",
     "NoReferenceScores",
     "episode_returns",
+    "data_dir",
     "episodes_to_arrays",
+    "load",
     "load_d4rl",
     "load_minari",
     "load_ogbench",
@@ -41,6 +44,7 @@ __all__ = [
     "read_minari",
     "read_ogbench",
     "references",
+    "resolve",
     "sample",
     "write_d4rl",
     "write_minari",

@@ -18,6 +18,7 @@ from rljax.envs.wrappers import (
     LogWrapper,
     NormalizeObservation,
     ScaleReward,
+    UnitActions,
 )
 
 # rljax's own JAX environments: name -> zero-argument factory returning (env, default params).
@@ -82,6 +83,7 @@ def make(
     normalize_reward: bool = False,
     reward_gamma: float = 0.99,
     flatten_obs: bool = False,
+    unit_actions: bool = False,
     backend: str | None = None,
     **params,
 ):
@@ -93,11 +95,14 @@ def make(
       normalize_reward: divide rewards by the running std of the discounted return.
       reward_gamma: the discount of that return.
       flatten_obs: flatten observations to vectors (MinAtar's images for an MLP).
+      unit_actions: continuous actions in [-1, 1], mapped onto the env's bounds (the D4RL
+        convention, which offline datasets follow).
       backend: the brax physics backend (brax environments only; default "positional").
       **params: overrides of the environment's parameters, e.g. ``max_steps_in_episode=200``.
 
     Wrappers, inside out: episode statistics on the raw rewards, flattening, action clipping to
-    the action space's bounds (continuous actions), observation normalization, reward scaling.
+    the action space's bounds (continuous actions), [-1, 1] actions, observation normalization,
+    reward scaling.
     """
     env, env_params = _base_env(name, backend)
     valid = {f.name for f in dataclasses.fields(env_params)}
@@ -113,8 +118,15 @@ def make(
     env = LogWrapper(env)
     if flatten_obs:
         env = FlattenObservationWrapper(env)
-    if isinstance(env.action_space(env_params), spaces.Box):
+    continuous = isinstance(env.action_space(env_params), spaces.Box)
+    if continuous:
         env = ClipAction(env)
+    if unit_actions:
+        if not continuous:
+            raise InvalidEnvironmentOption(
+                f"unit_actions applies to continuous actions; {name} has none"
+            )
+        env = UnitActions(env)
     if normalize_obs:
         env = NormalizeObservation(env)
     if normalize_reward:

@@ -96,6 +96,23 @@ class ClipAction(GymnaxWrapper):
         return self._env.step(key, state, action, params)
 
 
+class UnitActions(GymnaxWrapper):
+    """Takes actions in [-1, 1] and maps them affinely onto the action space's bounds.
+
+    The D4RL and brax convention: offline datasets store actions in [-1, 1] whatever the
+    env's torque limits, so a policy learned from them acts through this wrapper.
+    """
+
+    def action_space(self, params=None):
+        space = self._env.action_space(params)
+        return spaces.Box(-1.0, 1.0, space.shape, space.dtype)
+
+    def step(self, key, state, action, params=None):
+        space = self._env.action_space(params)
+        action = space.low + (jnp.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (space.high - space.low)
+        return self._env.step(key, state, action, params)
+
+
 @struct.dataclass
 class NormalizeObservationState:
     env_state: Any

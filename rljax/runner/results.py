@@ -66,7 +66,14 @@ def run_curve(run_dir, min_window: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return steps, smoothed_returns(returns, episodes, window)
 
 
-def plot_curves(path, env_steps, curves: dict[str, np.ndarray], title: str) -> None:
+def plot_curves(
+    path,
+    env_steps,
+    curves: dict[str, np.ndarray],
+    title: str,
+    xlabel: str = "environment steps",
+    ylabel: str = "episode return",
+) -> None:
     """One line per label: mean over seeds with a bootstrap 95% CI band."""
     import matplotlib
 
@@ -82,8 +89,8 @@ def plot_curves(path, env_steps, curves: dict[str, np.ndarray], title: str) -> N
         if len(curve) > 1 and valid.any():
             low, high = bootstrap_ci(curve[:, valid], resamples=500)
             axis.fill_between(env_steps[valid], low, high, color=line.get_color(), alpha=0.2)
-    axis.set_xlabel("environment steps")
-    axis.set_ylabel("episode return")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     if len(curves) > 1:

@@ -3,6 +3,11 @@
 Each chunk is ``lax.scan`` over K updates inside ``jit``; nothing crosses to the host inside it.
 Between chunks the runner logs metrics, prints progress, and checkpoints. Seed s of every config
 uses the key ``PRNGKey(seed + s)``, so a sweep member reproduces the single run of its config.
+
+Offline agents (those with ``sample_batch``) train on a dataset instead of an env: an update is
+one gradient step on a batch sampled inside the chunk, and each chunk ends with vectorized
+evaluation episodes in the dataset's env, logged as ``episode_return`` at the chunk's last
+update, with D4RL's normalized score where the dataset has reference returns.
 """
 
 import dataclasses
@@ -13,13 +18,14 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import yaml
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rljax import agents, envs
+from rljax import agents, data, envs
 from rljax.runner import config as config_lib
-from rljax.runner import metadata, results
+from rljax.runner import evaluation, metadata, results
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.distributed import any_process, barrier, gather, is_primary, owned_members
 from rljax.runner.guard import Divergence, Interrupted, StopSignals, first_failures, params_finite
@@ -54,6 +60,8 @@ class RunSpec:
     seeds: int = 1
     seed: int = 0
     chunk_updates: int | None = None  # updates per jitted chunk; default about a tenth
+    dataset: str | None = None  # offline agents: a dataset path or name (rljax.data.files)
+    eval_episodes: int = 10  # offline agents: evaluation episodes (per task) after each chunk
 
     @classmethod
     def load(cls, path: Path) -> "RunSpec":
@@ -73,11 +81,26 @@ class Program:
     stacked: object  # the members' configs stacked on a leading axis
     keys: jax.Array
     sharding: NamedSharding
+    dataset: data.Dataset | None = None  # offline agents only
+    references: tuple | None = None  # (random, expert) returns, when the dataset has them
     traces: int = 0  # how often the chunk function was traced: once per run
 
     @property
     def base(self):
         return self.configs[0]
+
+    @property
+    def offline(self) -> bool:
+        return self.dataset is not None
+
+    @property
+    def steps_per_update(self) -> int:
+        """Env steps per update; an offline update is one gradient step."""
+        return 1 if self.offline else self.base.steps_per_update
+
+    @property
+    def unit(self) -> str:
+        return "gradient steps" if self.offline else "steps"
 
     def abstract(self, shapes):
         """Shapes and dtypes laid out over the member sharding, to compile and restore."""
@@ -93,6 +116,8 @@ class Program:
 
         def init_one(config_and_key):
             config, key = config_and_key
+            if self.offline:
+                return self.agent.init(config, self.dataset, key)
             return self.agent.init(config, self.env, self.env_params, key)
 
         def init_local(configs, keys):
@@ -107,18 +132,39 @@ class Program:
 
     def chunk_fn(self, num_updates: int):
         """(configs, states) -> (states, metrics, params finite), num_updates per member."""
-        agent, env, env_params = self.agent, self.env, self.env_params
+        agent, env, env_params, dataset = self.agent, self.env, self.env_params, self.dataset
 
         def run_member(config, state):
             self.traces += 1  # runs while tracing only: counts compilations, not calls
 
             def one_update(state, _):
-                return agent.update(config, env, env_params, state)
+                if dataset is None:
+                    return agent.update(config, env, env_params, state)
+                rng, batch_key = jax.random.split(state.rng)
+                batch = agent.sample_batch(config, dataset, batch_key)
+                return agent.update(config, state.replace(rng=rng), batch)
 
             state, metrics = jax.lax.scan(one_update, state, None, num_updates)
+            if dataset is not None:
+                metrics |= self._evaluation(config, state, num_updates)
             return state, metrics, params_finite(state.params)
 
         return jax.jit(jax.vmap(run_member), donate_argnums=(1,), out_shardings=self.sharding)
+
+    def _evaluation(self, config, state, num_updates: int) -> dict:
+        """Deterministic evaluation episodes after a chunk, as metrics of its last update. The
+        key is folded from the agent's, which it leaves as it is: training does not depend on
+        how often it is evaluated."""
+        key = jax.random.fold_in(state.rng, 0x5EED)
+        returns = evaluation.evaluate(
+            self.agent, config, state.params, self.env, self.env_params,
+            self.spec.eval_episodes, key, deterministic=True,
+        )  # fmt: skip
+        last = np.arange(num_updates) == num_updates - 1
+        return {
+            "episode_return": jnp.where(last, returns.mean(), jnp.nan),
+            "episodes": jnp.where(last, returns.shape[0], 0),
+        }
 
 
 def build(spec: RunSpec) -> Program:
@@ -129,8 +175,12 @@ def build(spec: RunSpec) -> Program:
     config_lib.check_sweepable(agent.Config, spec.grid)
     points = config_lib.grid_points(spec.grid)
     configs = [config_lib.build(agent.Config, {**spec.agent, **point}) for point in points]
+    dataset, references = _dataset(spec, agent)
     env_options = {k: v for k, v in spec.env.items() if k != "name"}
-    env, env_params = envs.make(spec.env["name"], **env_options)
+    if dataset is not None:
+        env, env_params = evaluation.unnormalized_env(spec.env)
+    else:
+        env, env_params = envs.make(spec.env["name"], **env_options)
     if hasattr(agent, "wrap_env"):  # an agent that adds to what its env observes
         if env_options.get("normalize_obs"):
             # The saved moments would cover the env's observation, not what the agent adds.
@@ -145,7 +195,40 @@ def build(spec: RunSpec) -> Program:
     sharding = member_sharding(len(members))
     # Identical numpy on every process; each keeps the rows of its own devices.
     stacked, keys = jax.device_put((jax.tree.map(np.asarray, stacked), keys), sharding)
-    return Program(spec, agent, env, env_params, configs, members, stacked, keys, sharding)
+    return Program(
+        spec, agent, env, env_params, configs, members, stacked, keys, sharding, dataset, references
+    )
+
+
+def is_offline(agent) -> bool:
+    """Offline agents sample their own batches from a dataset."""
+    return hasattr(agent, "sample_batch")
+
+
+def _dataset(spec: RunSpec, agent) -> tuple:
+    """(dataset, (random, expert) references or None) for an offline agent, else (None, None)."""
+    if not is_offline(agent):
+        if spec.dataset is not None:
+            offline = sorted(n for n in agents.ALGORITHMS if is_offline(agents.get(n)))
+            raise config_lib.ConfigError(
+                f"{spec.algo} learns online, from its env; --dataset is for the offline agents "
+                f"({', '.join(offline)})"
+            )
+        return None, None
+    if spec.dataset is None:
+        raise config_lib.ConfigError(
+            f"{spec.algo} learns offline: pass --dataset PATH_OR_NAME (see `rljax data`)"
+        )
+    if spec.eval_episodes < 1:
+        raise config_lib.FieldOutOfRange(
+            f"eval_episodes={spec.eval_episodes} is out of range: it must be >= 1"
+        )
+    dataset, found = data.load(spec.dataset)
+    try:
+        references = data.references(found, Path(spec.dataset).stem)
+    except data.NoReferenceScores:
+        references = None
+    return dataset, references
 
 
 def member_sharding(num_members: int) -> NamedSharding:
@@ -194,9 +277,16 @@ def train(
     program = build(spec)
     num_updates = program.base.num_updates
     per_chunk = _chunk_updates(program, spec)
+    source = (
+        f"dataset {spec.dataset} (evaluated on {spec.env['name']})"
+        if program.offline
+        else spec.env["name"]
+    )
+    size = "" if program.offline else f" of {program.steps_per_update} steps"
+    members = len(program.members)
     say(
-        f"{spec.algo} on {spec.env['name']}: {len(program.members)} member(s) "
-        f"x {num_updates} updates of {program.base.steps_per_update} steps, as one program"
+        f"{spec.algo} on {source}: {members} member(s) x {num_updates} updates{size}, "
+        "as one program"
     )
 
     start = time.perf_counter()
@@ -223,7 +313,7 @@ def train(
     failures = _logged_failures(out, len(program.members), done)
     sinks = _sinks(out, spec, tensorboard, wandb_project) if is_primary() else []
 
-    steps_per_update = program.base.steps_per_update
+    steps_per_update = program.steps_per_update
     resumed_at, steps_per_second = done, None
     loop_start = last_checkpoint = time.perf_counter()
     try:
@@ -251,7 +341,7 @@ def train(
                 members_steps = len(program.members) * steps_per_update * (done - resumed_at)
                 steps_per_second = members_steps / (now - loop_start)
                 eta = (num_updates - done) * (now - loop_start) / (done - resumed_at)
-                say(_progress(done, num_updates, steps_per_update, metrics, steps_per_second, eta))
+                say(_progress(program, done, metrics, steps_per_second, eta))
                 if stopping and done < num_updates:
                     signum = stop.received or signal.SIGTERM  # another process was signalled
                     raise Interrupted(
@@ -288,7 +378,7 @@ def _chunk_updates(program: Program, spec: RunSpec) -> int:
     if num_updates < 1:
         raise config_lib.FieldOutOfRange(
             f"total_timesteps={program.base.total_timesteps} is less than one update "
-            f"({program.base.steps_per_update} steps)"
+            f"({program.steps_per_update} steps)"
         )
     per_chunk = spec.chunk_updates or chunk_size(num_updates)
     if num_updates % per_chunk:
@@ -385,16 +475,20 @@ def _failures_text(program: Program, failures: dict) -> str:
     return "; ".join(_failure_text(program, m, failures[m]) for m in sorted(failures))
 
 
-def _progress(done, total, steps_per_update, metrics, steps_per_second, eta_seconds) -> str:
-    fraction = done / total
+def _progress(program: Program, done, metrics, steps_per_second, eta_seconds) -> str:
+    fraction = done / program.base.num_updates
     bar = "#" * int(20 * fraction) + "-" * (20 - int(20 * fraction))
-    line = f"[{bar}] {100 * fraction:5.1f}%  {done * steps_per_update:,} steps/member"
-    line += f"  {steps_per_second:,.0f} steps/s"
+    line = (
+        f"[{bar}] {100 * fraction:5.1f}%  {done * program.steps_per_update:,} {program.unit}/member"
+    )
+    line += f"  {steps_per_second:,.0f} {program.unit}/s"
     if "episode_return" in metrics:
         episodes = metrics["episodes"]
         if episodes.sum() > 0:
             mean = (np.nan_to_num(metrics["episode_return"]) * episodes).sum() / episodes.sum()
             line += f"  return {mean:.1f}"
+            if program.references is not None:
+                line += f"  score {float(data.normalized_score(mean, *program.references)):.1f}"
     return line + f"  ETA {datetime.timedelta(seconds=round(eta_seconds))}"
 
 
@@ -408,7 +502,7 @@ def _finish(program: Program, out, table: dict, num_updates, timing, failures, p
         "resolved": config_lib.as_dict(program.base),
         "environment": metadata.environment(),
         "num_updates": num_updates,
-        "env_steps_per_member": num_updates * program.base.steps_per_update,
+        "env_steps_per_member": None if program.offline else num_updates * program.steps_per_update,
         **timing,
         "failed": {str(m): _failure_text(program, m, f) for m, f in sorted(failures.items())},
     }
@@ -418,30 +512,46 @@ def _finish(program: Program, out, table: dict, num_updates, timing, failures, p
         episodes = table["episodes"].reshape(shape)
         final = results.final_returns(returns, episodes)
         final[list(failures)] = np.nan
+        score = _score(program)
         summary["final_returns"] = [
             {"member": m, "config": c, "seed": spec.seed + s, **_point(spec, c),
              "final_return": _number(final[m]), "failed": m in failures}
+            | ({"final_score": _number(score(final[m]))} if program.references else {})
             for m, (c, s) in enumerate(members)
         ]  # fmt: skip
-        window = max(1, num_updates // 50)
-        curves = results.smoothed_returns(returns, episodes, window)
-        env_steps = np.arange(1, num_updates + 1) * program.base.steps_per_update
+        steps = np.arange(1, num_updates + 1) * program.steps_per_update
+        if program.offline:  # the evaluations after each chunk, unsmoothed
+            evaluated = episodes[0] > 0
+            steps, curves = steps[evaluated], score(returns[:, evaluated])
+        else:
+            curves = results.smoothed_returns(returns, episodes, max(1, num_updates // 50))
         by_config = {
             _label(spec, c): curves[[m for m, (ci, _) in enumerate(members) if ci == c]]
             for c in range(len(program.configs))
         }
         if is_primary():
-            title = f"{spec.algo} on {spec.env['name']}"
-            results.plot_curves(out / "curve.png", env_steps, by_config, title)
-        summary["ranking"] = _rank(spec, members, final, failures, out, print_fn)
+            title = f"{spec.algo} on {spec.dataset or spec.env['name']}"
+            ylabel = "normalized score" if program.references else "episode return"
+            results.plot_curves(
+                out / "curve.png", steps, by_config, title, f"{program.unit}", ylabel
+            )
+        name = "final normalized score" if program.references else "final return"
+        summary["ranking"] = _rank(spec, members, score(final), failures, out, print_fn, name)
     if is_primary():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_fn(f"results in {out}: summary.json, metrics.csv, curve.png, checkpoints/")
     return summary
 
 
-def _rank(spec, members, final, failures, out: Path, print_fn) -> list[dict]:
-    """Configs ranked by the IQM over seeds of their final return, with a bootstrap CI.
+def _score(program: Program):
+    """Returns to normalized scores where the dataset has references, else unchanged."""
+    if program.references is None:
+        return lambda returns: returns
+    return lambda returns: data.normalized_score(returns, *program.references)
+
+
+def _rank(spec, members, final, failures, out: Path, print_fn, name: str) -> list[dict]:
+    """Configs ranked by the IQM over seeds of their final return (or score), with a CI.
 
     Diverged seeds are left out of the statistics and counted in ``failed``.
     """
@@ -462,7 +572,7 @@ def _rank(spec, members, final, failures, out: Path, print_fn) -> list[dict]:
         lines = [",".join(header)]
         lines += [",".join(str(row.get(h, "")) for h in header) for row in rows]
         (out / "sweep.csv").write_text("\n".join(lines) + "\n")
-    print_fn("final return (IQM over seeds, 95% bootstrap CI):")
+    print_fn(f"{name} (IQM over seeds, 95% bootstrap CI):")
     for row in rows:
         point = " ".join(f"{k}={row[k]}" for k in spec.grid) or spec.algo
         failed = f"  ({row['failed']} of {row['seeds']} seeds failed)" if row["failed"] else ""
