@@ -11,7 +11,7 @@ import dataclasses
 import gymnax
 from gymnax.environments import spaces
 
-from rljax.envs import brax_env, lot_sizing, risky_shortcut
+from rljax.envs import brax_env, lot_sizing, maze, risky_shortcut
 from rljax.envs.wrappers import (
     ClipAction,
     FlattenObservationWrapper,
@@ -27,6 +27,14 @@ OWN_ENVS: dict = {
     **{
         f"LotSizing-{size}": lambda size=size: lot_sizing.make_instance(size)
         for size in lot_sizing.INSTANCES
+    },
+    **{
+        f"{kind.__name__}-{layout}": lambda kind=kind, layout=layout: (
+            env := kind(layout),
+            env.default_params,
+        )
+        for kind in (maze.PointMaze, maze.GridMaze)
+        for layout in maze.LAYOUTS
     },
 }
 
