@@ -55,6 +55,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 def _spec(args, grid: dict):
     from rljax import agents, data
+    from rljax.data.generate import resolve_dataset
     from rljax.runner.config import ConfigError, parse_assignments
     from rljax.runner.run import RunSpec, is_offline
 
@@ -83,7 +84,7 @@ def _spec(args, grid: dict):
         env["name"] = args.env
     offline = is_offline(agents.get(args.algo))
     if offline and args.dataset and "name" not in env:  # evaluate where the data came from
-        env = {**_dataset_env(data.files.metadata(args.dataset)), **env}
+        env = {**_dataset_env(data.files.metadata(resolve_dataset(args.dataset))), **env}
     if "name" not in env:
         raise ConfigError("no environment: pass --env NAME (or a --config preset that names one)")
     if args.total_steps is not None:
@@ -157,6 +158,52 @@ def _envs(args) -> None:
             print("\n".join(f"  {name}" for name in names))
 
 
+def _generate(args) -> None:
+    from rljax.data import data_dir, generate, maze_datasets
+    from rljax.runner.run import RunError
+
+    if args.env.removeprefix("rljax/").lower().startswith(("pointmaze", "gridmaze")):
+        for kind in args.kind or maze_datasets.KINDS:
+            paths = maze_datasets.write(
+                args.env, kind, args.out or data_dir(), args.episodes, args.steps, seed=args.seed
+            )
+            print("wrote " + ", ".join(map(str, paths)))
+        return
+    if args.episodes is not None or args.steps is not None:
+        raise RunError("--episodes and --steps size the maze datasets only")
+    try:
+        generate.generate_all(args.env, args.out, args.kind or generate.KINDS, args.seed)
+    except generate.BehaviourFailed as error:
+        raise RunError(str(error)) from None
+
+
+def _info(args) -> None:
+    import numpy as np
+
+    from rljax import data
+    from rljax.data.generate import resolve_dataset
+
+    path = resolve_dataset(args.dataset)
+    dataset, metadata = data.load(path)
+    returns = data.episode_returns(dataset.rewards, dataset.terminals, dataset.timeouts)
+    print(f"{path}")
+    print(f"  transitions {dataset.size:,}, episodes {len(returns):,}")
+    print(f"  observations {dataset.observations.shape[1:]}, actions {dataset.actions.shape[1:]}")
+    if len(returns) and bool(dataset.rewards.any()):  # goal-conditioned data has no rewards
+        line = f"  episode return mean {returns.mean():.2f}"
+        line += f" (min {returns.min():.2f}, max {returns.max():.2f})"
+        try:
+            random, expert = data.references(metadata, path.stem)
+            score = float(np.mean(data.normalized_score(returns, random, expert)))
+            line += f", normalized score {score:.1f} (random {random:.1f}, expert {expert:.1f})"
+        except data.NoReferenceScores:
+            pass
+        print(line)
+    for key in ("env", "kind", "policy", "seed"):
+        if key in metadata:
+            print(f"  {key}: {metadata[key]}")
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="rljax", description=__doc__.splitlines()[0])
     commands = main.add_subparsers(dest="command", required=True)
@@ -178,6 +225,29 @@ def parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
     listing = commands.add_parser("envs", help="list every environment name")
     listing.set_defaults(handler=_envs)
+    datasets = commands.add_parser("data", help="generate and inspect offline datasets")
+    data_commands = datasets.add_subparsers(dest="data_command", required=True)
+    generate = data_commands.add_parser(
+        "generate", help="train a behaviour agent and write its datasets (D4RL layout)"
+    )
+    generate.add_argument(
+        "env",
+        help="an env with a recipe (Pendulum-v1, brax/hopper, ...) or a maze "
+        "(rljax/PointMaze-medium, ...)",
+    )
+    generate.add_argument(
+        "--kind", action="append", metavar="KIND",
+        help="random, medium, expert, medium-replay or medium-expert; for mazes navigate or "
+        "stitch; repeat (default: all)",
+    )  # fmt: skip
+    generate.add_argument("--episodes", type=int, help="mazes: trajectories (OGBench's default)")
+    generate.add_argument("--steps", type=int, help="mazes: steps per trajectory")
+    generate.add_argument("--out", type=Path, help="directory (default $RLJAX_DATA_DIR)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(handler=_generate)
+    info = data_commands.add_parser("info", help="what a dataset holds")
+    info.add_argument("dataset", help="a dataset file, or a name in the data directories")
+    info.set_defaults(handler=_info)
     return main
 
 

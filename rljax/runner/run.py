@@ -24,6 +24,7 @@ import yaml
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rljax import agents, data, envs
+from rljax.data.generate import resolve_dataset
 from rljax.runner import config as config_lib
 from rljax.runner import evaluation, metadata, results
 from rljax.runner.checkpoint import Checkpoints
@@ -223,7 +224,7 @@ def _dataset(spec: RunSpec, agent) -> tuple:
         raise config_lib.FieldOutOfRange(
             f"eval_episodes={spec.eval_episodes} is out of range: it must be >= 1"
         )
-    dataset, found = data.load(spec.dataset)
+    dataset, found = data.load(resolve_dataset(spec.dataset))
     try:
         references = data.references(found, Path(spec.dataset).stem)
     except data.NoReferenceScores:
