@@ -9,6 +9,7 @@ import pytest
 
 from rljax import cli
 from rljax.data import write_d4rl
+from rljax.envs import make as envs_make
 from rljax.runner.config import ConfigError
 from rljax.runner.run import RunSpec, build, train
 from runs import checkpoint_leaves, quiet
@@ -164,10 +165,8 @@ def test_actions_outside_the_unit_box_are_named(dataset_path, tmp_path):
 
 
 def test_unit_actions_map_onto_the_bounds():
-    from rljax import envs
-
-    env, params = envs.make("Pendulum-v1", unit_actions=True)
-    raw_env, _ = envs.make("Pendulum-v1")
+    env, params = envs_make("Pendulum-v1", unit_actions=True)
+    raw_env, _ = envs_make("Pendulum-v1")
     space = env.action_space(params)
     assert (space.low, space.high) == (-1.0, 1.0)
     key = jax.random.PRNGKey(0)
@@ -176,3 +175,54 @@ def test_unit_actions_map_onto_the_bounds():
         a = env.step(key, state, jnp.array([unit]), params)[0]
         b = raw_env.step(key, state, jnp.array([torque]), params)[0]
         np.testing.assert_allclose(a, b)
+
+
+# --- Goal-conditioned runs ---
+
+
+def test_evaluation_runs_every_task_and_reads_the_goal_from_the_state():
+    """Five tasks x 3 episodes; the noise-free oracle, given the goal that evaluation reads
+    from the env state, succeeds in all of them, and a policy that stands still in none."""
+    from rljax.envs import maze
+    from rljax.runner import evaluation
+
+    env, params = envs_make("rljax/PointMaze-medium")
+    oracle = maze.PointMaze("medium")
+    batched, axes, num_envs = evaluation.episode_params(env, params, 3)
+    np.testing.assert_array_equal(batched.task_id, np.repeat(np.arange(1, 6), 3))
+
+    def run(policy):
+        episodes = lambda key: evaluation.episode_returns(policy, env, batched, num_envs, key, axes)  # noqa: E731
+        return np.asarray(jax.jit(episodes)(jax.random.PRNGKey(0)))
+
+    goal_seeking = run(lambda obs, state, key: oracle.oracle_action(obs, evaluation.goal_of(state)))
+    standing = run(lambda obs, state, key: jnp.zeros_like(obs))
+    np.testing.assert_array_equal(goal_seeking, np.ones(15))
+    np.testing.assert_array_equal(standing, np.zeros(15))
+
+
+def test_cli_trains_a_goal_conditioned_agent_on_a_maze_dataset(tmp_path, capsys):
+    data = tmp_path / "data"
+    generate = ["data", "generate", "rljax/GridMaze-medium", "--kind", "navigate"]
+    assert cli.main([*generate, "--episodes", "20", "--out", str(data)]) == 0
+    out = tmp_path / "run"
+    argv = ["train", "gcbc", "--dataset", str(data / "gridmaze-medium-navigate-v0.npz")]
+    argv += [
+        "--total-steps",
+        "4",
+        "--chunk-updates",
+        "2",
+        "--eval-episodes",
+        "2",
+        "--out",
+        str(out),
+    ]
+    argv += ["--set", "hidden_sizes=[8]", "--set", "batch_size=16", "--set", "discrete=true"]
+    assert cli.main(argv) == 0
+    assert RunSpec.load(out / "config.yaml").env == {"name": "rljax/GridMaze-medium"}
+    summary = json.loads((out / "summary.json").read_text())
+    for member in summary["final_returns"]:  # the success rate over 5 tasks x 2 episodes
+        assert member["final_return"] * 10 == pytest.approx(round(member["final_return"] * 10))
+        assert member["final_score"] == pytest.approx(100 * member["final_return"])
+    assert cli.main(["eval", str(out), "--episodes", "1", "--deterministic"]) == 0
+    capsys.readouterr()

@@ -42,6 +42,13 @@ ALGORITHMS = {
     "iql": "rljax.agents.iql",
     "rebrac": "rljax.agents.rebrac",
     "cql": "rljax.agents.cql",
+    "gcbc": "rljax.agents.gcbc",
+    "gcivl": "rljax.agents.gcivl",
+    "gciql": "rljax.agents.gciql",
+    "qrl": "rljax.agents.qrl",
+    "crl": "rljax.agents.crl",
+    "hiql": "rljax.agents.hiql",
+    "ota": "rljax.agents.ota",
 }
 
 

@@ -1,0 +1,105 @@
+"""Every goal-conditioned agent on the point mazes: success rates next to OGBench's.
+
+Generates OGBench-style datasets with ``rljax.data.maze_datasets`` (navigate and, with
+``--kinds navigate,stitch``, stitch; OGBench's sizes unless ``--episodes``), trains each agent on
+each through the runner with seeds vmapped, and prints the mean success rate over OGBench's five
+evaluation tasks (``--eval-episodes`` deterministic episodes per task after the last chunk),
+as an IQM over seeds with a 95% bootstrap CI, next to the published OGBench numbers (spec
+GC-5: 1M gradient steps, batch 1024, 3x512 networks, 8 seeds). ``--updates``, ``--batch`` and
+``--hidden`` scale the protocol down to fit a CPU; the table says what was run.
+
+    python experiments/gc_mazes.py [--mazes medium,large] [--updates 20000] [--seeds 4]
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from rljax.data import maze_datasets
+from rljax.runner import results
+from rljax.runner.run import RunSpec, train
+
+AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota")
+# OGBench's pointmaze-*-navigate overrides (impls/hyperparameters.sh, spec GC-4).
+OVERRIDES = {"gciql": {"alpha": 0.003}, "qrl": {"alpha": 0.0003}, "crl": {"alpha": 0.03}}
+# OGBench paper, success %, mean +- std over 8 seeds (spec GC-5); navigate datasets only.
+PUBLISHED = {
+    "medium-navigate": {"gcbc": 9, "gcivl": 63, "gciql": 53, "qrl": 82, "crl": 29, "hiql": 79},
+    "large-navigate": {"gcbc": 29, "gcivl": 45, "gciql": 34, "qrl": 86, "crl": 39, "hiql": 58},
+    "giant-navigate": {"gcbc": 1, "gcivl": 0, "gciql": 0, "qrl": 68, "crl": 27, "hiql": 46},
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", default=",".join(AGENTS))
+    parser.add_argument("--mazes", default="medium,large")
+    parser.add_argument("--kinds", default="navigate")
+    parser.add_argument("--episodes", type=int, help="dataset trajectories (OGBench's default)")
+    parser.add_argument("--updates", type=int, default=20_000, help="gradient steps per seed")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--hidden", default="256,256,256")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--eval-episodes", type=int, default=10, help="per task")
+    parser.add_argument("--out", type=Path, help="datasets and runs (default: a temporary dir)")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="rljax-gc-mazes-"))
+    hidden = [int(h) for h in args.hidden.split(",")]
+    agents = args.agents.split(",")
+
+    table = {}
+    for layout in args.mazes.split(","):
+        for kind in args.kinds.split(","):
+            name = f"rljax/PointMaze-{layout}"
+            path = maze_datasets.write(name, kind, out / "data", args.episodes, val=False)[0]
+            for algo in agents:
+                agent = {
+                    "total_updates": args.updates,
+                    "batch_size": args.batch,
+                    "hidden_sizes": hidden,
+                    **OVERRIDES.get(algo, {}),
+                }
+                spec = RunSpec(
+                    algo=algo,
+                    env={"name": f"rljax/PointMaze-{layout}"},
+                    agent=agent,
+                    seeds=args.seeds,
+                    dataset=str(path),
+                    eval_episodes=args.eval_episodes,
+                )
+                run_dir = out / f"{algo}-{layout}-{kind}"
+                summary = train(spec, run_dir, print_fn=lambda *_: None)
+                success = 100 * np.array([m["final_return"] for m in summary["final_returns"]])
+                low, high = results.bootstrap_ci(success, results.iqm)
+                row = (float(results.iqm(success)), float(low), float(high))
+                table[f"{layout}-{kind}", algo] = row
+                print(
+                    f"pointmaze-{layout}-{kind:<9} {algo:<6} success {row[0]:5.1f}% "
+                    f"[{low:5.1f}, {high:5.1f}]  {summary['steps_per_second']:,.0f} gradient "
+                    f"steps/s, compile {summary['compile_seconds']:.0f}s",
+                    flush=True,
+                )
+    (out / "table.json").write_text(json.dumps({f"{d}/{a}": v for (d, a), v in table.items()}))
+
+    print(
+        f"\nsuccess %, IQM over {args.seeds} seeds [95% CI]; {args.updates} gradient steps, "
+        f"batch {args.batch}, hidden {hidden}; (OGBench: mean over 8 seeds, 1M steps)"
+    )
+    print("| dataset | " + " | ".join(agents) + " |")
+    print("|---" * (len(agents) + 1) + "|")
+    for dataset in dict.fromkeys(d for d, _ in table):
+        published = PUBLISHED.get(dataset, {})
+        cells = []
+        for algo in agents:
+            iqm, low, high = table[dataset, algo]
+            paper = f" ({published[algo]})" if algo in published else ""
+            cells.append(f"{iqm:.0f} [{low:.0f}, {high:.0f}]{paper}")
+        print(f"| pointmaze-{dataset} | " + " | ".join(cells) + " |")
+    print(f"\ndatasets and run directories in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,558 @@
+"""Option-aware temporally abstracted value learning (OTA): HIQL with an option-level value.
+
+Ahn, Choi, Han, Moon, "Option-aware Temporally Abstracted Value for Offline Goal-Conditioned
+Reinforcement Learning", NeurIPS 2025 (arXiv 2505.12737); as implemented in ``impls/agents/ota.py``
+and ``HGCDataset.sample_high_goals`` of OGBench forks carrying it. OTA is HIQL (see hiql.py) with
+two value functions on the shared goal representation phi([s; g]) (norm sqrt(rep_dim)):
+
+    V_L: HIQL's value, one-step: q = r + gamma m min_j VbarL_j(s', g)                  (GCIVL)
+    V_H: option-level, with the option's end o = min(i + n, g) for a goal g of the trajectory
+         (terminated by the goal) or o = min(i + n, F) for a random goal (timed out), and g := o
+         with probability p_cur; success = (o == g), r_H = success - 1, m_H = 1 - success:
+         q = r_H + gamma m_H min_j VbarH_j(s_o, g),   adv = q - mean_j VbarH_j(s, g)
+         L_H = sum_j mean(|tau - 1(adv < 0)| (r_H + gamma m_H VbarH_j(s_o, g) - V_H,j(s, g))^2)
+
+with ONE discount gamma per option (not gamma^n), which shortens the horizon the high value sees by
+about n = abstraction_factor. The low actor is HIQL's, with advantages from V_L; the high actor
+is HIQL's with A = V_H(w', g) - V_H(s, g). Both value losses train phi. The option code read trains
+only the values (its actor terms are commented out); the authors' README trains the actors as
+HIQL does, and so does this file: one Adam step on L_L + L_H + L_lo + L_hi per update.
+Defaults are HIQL's (expectile 0.7, alphas 3, subgoal 25, rep_dim 10) with n = 5 and goals
+(cur, traj, random) = (0, 0.5, 0.5) for both values and actors.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+
+def _field(default, *, static=False, bounds=None, choices=None):
+    """A config field. Static fields are shapes and switches (changing one recompiles); the
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
+    metadata = {"bounds": bounds, "choices": choices}
+    return struct.field(pytree_node=not static, default=default, metadata=metadata)
+
+
+@struct.dataclass
+class Config:
+    batch_size: int = _field(1024, static=True, bounds="[1, inf)")
+    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
+    hidden_sizes: tuple = _field((512, 512, 512), static=True)
+    layer_norm: bool = _field(True, static=True)  # in phi and the value MLPs
+    rep_dim: int = _field(10, static=True, bounds="[1, inf)")
+    subgoal_steps: int = _field(25, static=True, bounds="[1, inf)")
+    abstraction_factor: int = _field(5, static=True, bounds="[1, inf)")  # option length n
+    discrete: bool = _field(False, static=True)
+    value_geom_sample: bool = _field(True, static=True)
+    actor_geom_sample: bool = _field(False, static=True)
+    gc_negative: bool = _field(True, static=True)  # rewards 0 / -1 (else 1 / 0)
+    lr: float = _field(3e-4, bounds="(0, inf)")
+    discount: float = _field(0.99, bounds="[0, 1)")  # per step for V_L, per option for V_H
+    tau: float = _field(0.005, bounds="(0, 1]")
+    expectile: float = _field(0.7, bounds="(0, 1)")
+    low_alpha: float = _field(3.0, bounds="[0, inf)")
+    high_alpha: float = _field(3.0, bounds="[0, inf)")
+    value_p_curgoal: float = _field(0.0, bounds="[0, 1]")
+    value_p_trajgoal: float = _field(0.5, bounds="[0, 1]")
+    value_p_randomgoal: float = _field(0.5, bounds="[0, 1]")
+    # HGCDataset reads only actor_p_randomgoal (the high actor's goals are future rows otherwise).
+    actor_p_curgoal: float = _field(0.0, bounds="[0, 1]")
+    actor_p_trajgoal: float = _field(0.5, bounds="[0, 1]")
+    actor_p_randomgoal: float = _field(0.5, bounds="[0, 1]")
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_updates
+
+
+@struct.dataclass
+class Params:
+    goal_rep: Any  # phi, shared by both values, their targets and the low actor's input
+    low_value: Any  # V_L's two heads, stacked on a leading axis of 2
+    high_value: Any  # V_H's two heads
+    low_actor: Any
+    high_actor: Any
+    action_dim: int = struct.field(pytree_node=False, default=1)  # number of actions if discrete
+
+
+@struct.dataclass
+class TrainState:
+    params: Params
+    target_low_value: Any  # Polyak copies of the value heads (targets use the online phi)
+    target_high_value: Any
+    opt: Any
+    rng: jax.Array
+    step: jax.Array  # gradient steps done so far
+
+
+# --- Networks (OGBench's: GELU, LayerNorm after each hidden activation, fan-avg uniform init) ---
+
+
+def _dense(size, scale=1.0):
+    return nn.Dense(size, kernel_init=nn.initializers.variance_scaling(scale, "fan_avg", "uniform"))
+
+
+class MLP(nn.Module):
+    hidden_sizes: tuple
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        for size in self.hidden_sizes:
+            x = nn.gelu(_dense(size)(x))
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+        return x
+
+
+def length_normalize(x):
+    """x scaled to norm sqrt(dim). The 1e-12 (OGBench has none) keeps an exactly zero x, which a
+    LayerNorm of a constant layer can produce, at zero instead of NaN, with finite gradients."""
+    return x * jnp.sqrt(x.shape[-1] / (jnp.sum(x**2, axis=-1, keepdims=True) + 1e-12))
+
+
+class GoalRep(nn.Module):
+    """phi([s; g]) scaled to norm sqrt(rep_dim)."""
+
+    hidden_sizes: tuple
+    rep_dim: int
+    layer_norm: bool
+
+    @nn.compact
+    def __call__(self, x):
+        x = _dense(self.rep_dim)(MLP(self.hidden_sizes, self.layer_norm)(x))
+        return length_normalize(x)
+
+
+class ValueHead(nn.Module):
+    hidden_sizes: tuple
+    layer_norm: bool
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.squeeze(_dense(1)(MLP(self.hidden_sizes, self.layer_norm)(x)), -1)
+
+
+class TwinValue(nn.Module):
+    """Two value heads on [s, phi([s; g])], evaluated as one vmapped network; outputs (2, ...)."""
+
+    hidden_sizes: tuple
+    layer_norm: bool
+
+    @nn.compact
+    def __call__(self, x):
+        twins = nn.vmap(
+            ValueHead,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            axis_size=2,
+        )
+        return twins(self.hidden_sizes, self.layer_norm)(x)
+
+
+class Actor(nn.Module):
+    """Gaussian mean (unit std) or categorical logits; the last layer starts near zero."""
+
+    hidden_sizes: tuple
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        return _dense(self.out_dim, 1e-2)(MLP(self.hidden_sizes)(x))
+
+
+def _networks(config: Config, action_dim: int):
+    hidden = tuple(config.hidden_sizes)
+    return (
+        GoalRep(hidden, config.rep_dim, config.layer_norm),
+        TwinValue(hidden, config.layer_norm),
+        Actor(hidden, action_dim),
+        Actor(hidden, config.rep_dim),
+    )
+
+
+def _cat(*xs):
+    return jnp.concatenate(xs, -1)
+
+
+def goal_representation(config: Config, goal_rep_params, obs, goal):
+    """phi([s; g]), of norm sqrt(rep_dim)."""
+    return _networks(config, 1)[0].apply(goal_rep_params, _cat(obs, goal))
+
+
+def values(config: Config, value_params, goal_rep_params, obs, goal):
+    """(V_1, V_2)(s, g) = f_j([s, phi([s; g])]), stacked: (2, ...)."""
+    phi = goal_representation(config, goal_rep_params, obs, goal)
+    return _networks(config, 1)[1].apply(value_params, _cat(obs, phi))
+
+
+def gaussian_log_prob(mean, x):
+    """log N(x; mean, I), summed over the last axis."""
+    return (-0.5 * (x - mean) ** 2 - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
+
+
+def low_log_prob(config: Config, params: Params, obs, rep, actions):
+    """log pi_lo(a | s, rep): Gaussian with unit std, or categorical over integer actions."""
+    out = _networks(config, params.action_dim)[2].apply(params.low_actor, _cat(obs, rep))
+    if config.discrete:
+        actions = actions.reshape(out.shape[:-1]).astype(jnp.int32)
+        return jnp.take_along_axis(jax.nn.log_softmax(out), actions[..., None], -1)[..., 0]
+    return gaussian_log_prob(out, actions)
+
+
+# --- Goal sampling (OGBench's GCDataset / HGCDataset) ---
+
+
+def trajectory_ends(dataset) -> np.ndarray:
+    """Index of each row's trajectory's last transition, on the host (the dataset is concrete)."""
+    if isinstance(dataset.observations, jax.core.Tracer):
+        raise ValueError("goal sampling reads trajectory ends on the host: close over the dataset")
+    ends = np.flatnonzero((np.asarray(dataset.terminals) > 0) | (np.asarray(dataset.timeouts) > 0))
+    if len(ends) == 0 or ends[-1] != len(dataset.timeouts) - 1:
+        raise ValueError("the dataset's last row must end a trajectory (terminals or timeouts = 1)")
+    return ends[np.searchsorted(ends, np.arange(len(dataset.timeouts)))]
+
+
+def sample_goals(rng, idx, final, size, p_cur, p_traj, p_rand, geom_sample: bool, discount):
+    """Goal row per index, as OGBench's GCDataset.sample_goals: the current row with probability
+    p_cur, else a future row of the same trajectory with probability p_traj / (1 - p_cur) (offset
+    k ~ Geometric(1 - discount), k >= 1, or uniform over [i + 1, F]), else a uniform random row.
+    p_rand is implied (= 1 - p_cur - p_traj); it is an argument so call sites read like OGBench."""
+    del p_rand
+    random_key, offset_key, mix_key, cur_key = jax.random.split(rng, 4)
+    random_goal = jax.random.randint(random_key, idx.shape, 0, size)
+    if geom_sample:
+        offset = jax.random.geometric(offset_key, 1 - discount, idx.shape)
+        future_goal = jnp.minimum(idx + offset, final)
+    else:
+        u = jax.random.uniform(offset_key, idx.shape)
+        future_goal = jnp.round(jnp.minimum(idx + 1, final) * u + final * (1 - u)).astype(idx.dtype)
+    p_future = p_traj / jnp.maximum(1 - p_cur, 1e-12)
+    goal = jnp.where(jax.random.uniform(mix_key, idx.shape) < p_future, future_goal, random_goal)
+    return jnp.where(jax.random.uniform(cur_key, idx.shape) < p_cur, idx, goal)
+
+
+def sample_option_goals(rng, idx, final, size, p_cur, p_traj, geom_sample: bool, discount, n):
+    """V_H's (goal, option end) rows, as the OTA fork's HGCDataset.sample_high_goals: g is a
+    future row of the trajectory with probability p_traj / (1 - p_cur) and the option ends at
+    min(i + n, g), else g is a random row and the option times out at min(i + n, F); then with
+    probability p_cur the goal is the option's end itself."""
+    future_key, random_key, mix_key, cur_key = jax.random.split(rng, 4)
+    future_goal = sample_goals(future_key, idx, final, size, 0.0, 1.0, 0.0, geom_sample, discount)
+    p_future = p_traj / jnp.maximum(1 - p_cur, 1e-12)
+    from_trajectory = jax.random.uniform(mix_key, idx.shape) < p_future
+    option = jnp.minimum(idx + n, jnp.where(from_trajectory, future_goal, final))
+    random_goal = jax.random.randint(random_key, idx.shape, 0, size)
+    goal = jnp.where(from_trajectory, future_goal, random_goal)
+    goal = jnp.where(jax.random.uniform(cur_key, idx.shape) < p_cur, option, goal)
+    return goal, option
+
+
+def sample_batch(config: Config, dataset, rng: jax.Array) -> dict:
+    """HIQL's batch (HGCDataset: value goals with rewards and masks, the low actor's subgoal
+    s_{min(i+k, F)}, the high actor's goal and target) plus V_H's option-level goals, option-end
+    observations, rewards and masks. ``actor_goals`` is the high actor's goal."""
+    ends = jnp.asarray(trajectory_ends(dataset))
+    size = dataset.observations.shape[0]
+    idx_key, value_key, option_key, future_key, random_key, pick_key = jax.random.split(rng, 6)
+    idx = jax.random.randint(idx_key, (config.batch_size,), 0, size)
+    final = ends[idx]
+    value_goal = sample_goals(
+        value_key, idx, final, size, config.value_p_curgoal, config.value_p_trajgoal,
+        config.value_p_randomgoal, config.value_geom_sample, config.discount,
+    )  # fmt: skip
+    success = (idx == value_goal).astype(jnp.float32)
+    option_goal, option = sample_option_goals(
+        option_key, idx, final, size, config.value_p_curgoal, config.value_p_trajgoal,
+        config.value_geom_sample, config.discount, config.abstraction_factor,
+    )  # fmt: skip
+    option_success = (option == option_goal).astype(jnp.float32)
+    # The high actor's goal: a future row (p_traj = 1), or a random row with actor_p_randomgoal.
+    future_goal = sample_goals(
+        future_key, idx, final, size, 0.0, 1.0, 0.0, config.actor_geom_sample, config.discount
+    )
+    pick_random = jax.random.uniform(pick_key, idx.shape) < config.actor_p_randomgoal
+    high_goal = jnp.where(
+        pick_random, jax.random.randint(random_key, idx.shape, 0, size), future_goal
+    )
+    subgoal = jnp.minimum(idx + config.subgoal_steps, final)
+    high_target = jnp.where(
+        pick_random, subgoal, jnp.minimum(idx + config.subgoal_steps, high_goal)
+    )
+    obs = dataset.observations
+    reward = (lambda s: s - 1.0) if config.gc_negative else (lambda s: s)
+    return {
+        "observations": obs[idx],
+        "actions": dataset.actions[idx],
+        "next_observations": dataset.next_observations[idx],
+        "value_goals": obs[value_goal],
+        "actor_goals": obs[high_goal],
+        "rewards": reward(success),
+        "masks": 1.0 - success,
+        "high_value_goals": obs[option_goal],
+        "high_value_option_observations": obs[option],
+        "high_value_rewards": reward(option_success),
+        "high_value_masks": 1.0 - option_success,
+        "low_actor_goals": obs[subgoal],
+        "high_actor_goals": obs[high_goal],
+        "high_actor_targets": obs[high_target],
+    }
+
+
+# --- Losses ---
+
+
+def value_loss(value_params, goal_rep_params, target, obs, next_obs, goals, rewards, masks, config):
+    """GCIVL's twin expectile loss on V(s, phi([s; g])) toward r + gamma m Vbar(next_obs, g): the
+    weight's advantage uses the targets (with the online phi, held fixed), the regressed errors
+    each head's own target. next_obs is s' for V_L and the option's end s_o for V_H."""
+    sg = jax.lax.stop_gradient(goal_rep_params)
+    next_v_t = values(config, target, sg, next_obs, goals)  # (2, B)
+    v_t = values(config, target, sg, obs, goals).mean(0)
+    adv = rewards + config.discount * masks * next_v_t.min(0) - v_t
+    q = rewards + config.discount * masks * next_v_t  # (2, B)
+    v = values(config, value_params, goal_rep_params, obs, goals)
+    weight = jnp.where(adv >= 0, config.expectile, 1 - config.expectile)
+    return (weight * (q - v) ** 2).mean(-1).sum(), v.mean()
+
+
+def low_value_loss(params: Params, target_low_value, batch, config: Config):
+    """V_L, one step at a time (HIQL's value)."""
+    return value_loss(
+        params.low_value, params.goal_rep, target_low_value, batch["observations"],
+        batch["next_observations"], batch["value_goals"], batch["rewards"], batch["masks"], config,
+    )  # fmt: skip
+
+
+def high_value_loss(params: Params, target_high_value, batch, config: Config):
+    """V_H, one option (and one discount) at a time."""
+    return value_loss(
+        params.high_value, params.goal_rep, target_high_value, batch["observations"],
+        batch["high_value_option_observations"], batch["high_value_goals"],
+        batch["high_value_rewards"], batch["high_value_masks"], config,
+    )  # fmt: skip
+
+
+def awr_weight(advantage, alpha):
+    return jnp.minimum(jnp.exp(alpha * advantage), 100.0)
+
+
+def low_actor_loss(params: Params, batch, config: Config):
+    """AWR toward the subgoal w = s_{i+k} with A = V_L(s', w) - V_L(s, w); the policy reads the
+    fixed representation phi([s; w])."""
+    sg = jax.lax.stop_gradient(params)
+    obs, goals = batch["observations"], batch["low_actor_goals"]
+    v = values(config, sg.low_value, sg.goal_rep, obs, goals).mean(0)
+    next_v = values(config, sg.low_value, sg.goal_rep, batch["next_observations"], goals).mean(0)
+    advantage = next_v - v
+    rep = goal_representation(config, sg.goal_rep, obs, goals)
+    log_prob = low_log_prob(config, params, obs, rep, batch["actions"])
+    loss = -(awr_weight(advantage, config.low_alpha) * log_prob).mean()
+    return loss, {"low_advantage": advantage.mean(), "low_log_prob": log_prob.mean()}
+
+
+def high_actor_loss(params: Params, batch, config: Config):
+    """AWR of the subgoal representation phi([s; w']) with A = V_H(w', g) - V_H(s, g)."""
+    sg = jax.lax.stop_gradient(params)
+    obs, goals, targets = (
+        batch["observations"],
+        batch["high_actor_goals"],
+        batch["high_actor_targets"],
+    )
+    v = values(config, sg.high_value, sg.goal_rep, obs, goals).mean(0)
+    next_v = values(config, sg.high_value, sg.goal_rep, targets, goals).mean(0)
+    advantage = next_v - v
+    target_rep = goal_representation(config, sg.goal_rep, obs, targets)
+    mean = _networks(config, 1)[3].apply(params.high_actor, _cat(obs, goals))
+    log_prob = gaussian_log_prob(mean, target_rep)
+    loss = -(awr_weight(advantage, config.high_alpha) * log_prob).mean()
+    metrics = {
+        "high_advantage": advantage.mean(),
+        "high_log_prob": log_prob.mean(),
+        "high_mse": ((mean - target_rep) ** 2).mean(),
+    }
+    return loss, metrics
+
+
+def total_loss(params: Params, target_low_value, target_high_value, batch, config: Config):
+    loss_l, low_v = low_value_loss(params, target_low_value, batch, config)
+    loss_h, high_v = high_value_loss(params, target_high_value, batch, config)
+    loss_lo, info_lo = low_actor_loss(params, batch, config)
+    loss_hi, info_hi = high_actor_loss(params, batch, config)
+    metrics = {
+        "low_value_loss": loss_l,
+        "high_value_loss": loss_h,
+        "low_actor_loss": loss_lo,
+        "high_actor_loss": loss_hi,
+        "low_v_mean": low_v,
+        "high_v_mean": high_v,
+    }
+    return loss_l + loss_h + loss_lo + loss_hi, metrics | info_lo | info_hi
+
+
+# --- The contract ---
+
+
+def _check(config: Config, dataset) -> None:
+    for kind in ("value", "actor"):
+        names = [f"{kind}_p_curgoal", f"{kind}_p_trajgoal", f"{kind}_p_randomgoal"]
+        probs = [getattr(config, n) for n in names]
+        if any(isinstance(p, jax.core.Tracer) for p in probs):
+            continue  # traced (init under jit or lax.map): the sums cannot be read here
+        if not np.isclose(sum(float(p) for p in probs), 1.0):
+            raise ValueError(f"{' + '.join(names)} must sum to 1, got {sum(map(float, probs))}")
+    if dataset.observations.ndim != 2:
+        raise ValueError(f"OTA takes vector observations, got {dataset.observations.shape[1:]}")
+    trajectory_ends(dataset)  # the sampler's checks, at init rather than inside the first trace
+    integer = jnp.issubdtype(dataset.actions.dtype, jnp.integer)
+    if config.discrete and not integer:
+        raise ValueError(f"discrete=True needs integer actions, got {dataset.actions.dtype}")
+    if not config.discrete and (integer or dataset.actions.ndim != 2):
+        raise ValueError(
+            f"discrete=False needs float actions of shape (N, action_dim), got "
+            f"{dataset.actions.dtype} {dataset.actions.shape}; integer actions need discrete=True"
+        )
+
+
+def init(config: Config, dataset, rng: jax.Array) -> TrainState:
+    """Networks and optimizer for ``dataset`` (an rljax Dataset, closed over rather than traced:
+    goal sampling reads its trajectory ends on the host)."""
+    _check(config, dataset)
+    obs_dim = dataset.observations.shape[-1]
+    if config.discrete:
+        action_dim = int(np.asarray(dataset.actions).max()) + 1  # as OGBench: max action + 1
+    else:
+        action_dim = dataset.actions.shape[-1]
+    goal_rep, value, low_actor, high_actor = _networks(config, action_dim)
+    rep_key, low_v_key, high_v_key, low_key, high_key, rng = jax.random.split(rng, 6)
+    obs, rep = jnp.zeros(obs_dim), jnp.zeros(config.rep_dim)
+    params = Params(
+        goal_rep=goal_rep.init(rep_key, _cat(obs, obs)),
+        low_value=value.init(low_v_key, _cat(obs, rep)),
+        high_value=value.init(high_v_key, _cat(obs, rep)),
+        low_actor=low_actor.init(low_key, _cat(obs, rep)),
+        high_actor=high_actor.init(high_key, _cat(obs, obs)),
+        action_dim=action_dim,
+    )
+    return TrainState(
+        params=params,
+        target_low_value=params.low_value,
+        target_high_value=params.high_value,
+        opt=optax.adam(config.lr).init(params),
+        rng=rng,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One Adam step on L_L + L_H + L_lo + L_hi, then the targets move toward the value heads as
+    they were before this step (OGBench's order)."""
+    (_, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(
+        state.params, state.target_low_value, state.target_high_value, batch, config
+    )
+    updates, opt = optax.adam(config.lr).update(grads, state.opt, state.params)
+    polyak = lambda new, old: optax.incremental_update(new, old, config.tau)  # noqa: E731
+    state = state.replace(
+        params=optax.apply_updates(state.params, updates),
+        target_low_value=polyak(state.params.low_value, state.target_low_value),
+        target_high_value=polyak(state.params.high_value, state.target_high_value),
+        opt=opt,
+        step=state.step + 1,
+    )
+    return state, metrics | {"grad_norm": optax.tree.norm(grads)}
+
+
+def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
+    """init, then num_updates (default: total_updates) gradient steps on HGCDataset batches.
+
+    The dataset is closed over, not carried in the state, so seeds vmapped over ``train`` share
+    one copy of it.
+    """
+    num_updates = config.num_updates if num_updates is None else num_updates
+    state = init(config, dataset, rng)
+
+    def step(state, _):
+        rng, key = jax.random.split(state.rng)
+        batch = sample_batch(config, dataset, key)
+        return update(config, state.replace(rng=rng), batch)
+
+    return jax.lax.scan(step, state, None, num_updates)
+
+
+def act(config: Config, params: Params, obs, goal, rng, deterministic=False):
+    """The high policy proposes a subgoal representation (its mean when deterministic, else a
+    sample), rescaled to norm sqrt(rep_dim); the low policy acts toward it: its mean clipped to
+    [-1, 1] or a clipped sample, or for discrete actions the argmax or a categorical sample."""
+    _, _, low_actor, high_actor = _networks(config, params.action_dim)
+    rep = high_actor.apply(params.high_actor, _cat(obs, goal))
+    if not deterministic:
+        high_key, rng = jax.random.split(rng)
+        rep = rep + jax.random.normal(high_key, rep.shape)
+    rep = length_normalize(rep)
+    out = low_actor.apply(params.low_actor, _cat(obs, rep))
+    if config.discrete:
+        return jnp.argmax(out, -1) if deterministic else jax.random.categorical(rng, out)
+    if not deterministic:
+        out = out + jax.random.normal(rng, out.shape)
+    return jnp.clip(out, -1.0, 1.0)
+
+
+if __name__ == "__main__":
+    import time
+
+    # A small goal-conditioned dataset: noisy straight-line walks between random points of the
+    # square [-1, 1]^2, each 50 steps; act toward held-out goals and report the final distance.
+    episodes, horizon = 200, 50
+    rng = np.random.default_rng(0)
+    start = rng.uniform(-1, 1, (episodes, 1, 2))
+    end = rng.uniform(-1, 1, (episodes, 1, 2))
+    direction = (end - start) / horizon * 10  # an action of norm <= 1 moves 0.1
+    actions = np.clip(direction + 0.3 * rng.normal(size=(episodes, horizon, 2)), -1, 1)
+    path = start + np.concatenate([np.zeros((episodes, 1, 2)), np.cumsum(actions / 10, 1)], 1)
+
+    @struct.dataclass
+    class Transitions:  # the rljax.data.Dataset fields, without importing rljax
+        observations: jax.Array
+        actions: jax.Array
+        rewards: jax.Array
+        terminals: jax.Array
+        timeouts: jax.Array
+        next_observations: jax.Array
+
+    timeouts = np.zeros((episodes, horizon), np.float32)
+    timeouts[:, -1] = 1
+    flat = lambda x: jnp.asarray(x.reshape(episodes * horizon, *x.shape[2:]), jnp.float32)  # noqa: E731
+    dataset = Transitions(
+        flat(path[:, :-1]), flat(actions), jnp.zeros(episodes * horizon),
+        jnp.zeros(episodes * horizon), flat(timeouts), flat(path[:, 1:]),
+    )  # fmt: skip
+    config = Config(total_updates=2_000, batch_size=256, hidden_sizes=(64, 64), subgoal_steps=10)
+    t0 = time.time()
+    state, metrics = jax.jit(lambda key: train(config, dataset, key))(jax.random.PRNGKey(1))
+    print(f"OTA on {episodes} noisy walks in [-1, 1]^2: "
+          f"{config.total_updates} updates in {time.time() - t0:.1f}s")  # fmt: skip
+    keys = ("low_value_loss", "high_value_loss", "high_actor_loss", "high_v_mean")
+    for i in np.linspace(0, config.total_updates - 1, 5).astype(int):
+        print(
+            f"  update {i + 1:>5d}  " + "  ".join(f"{k} {float(metrics[k][i]):.3f}" for k in keys)
+        )
+
+    def rollout(obs, goal):
+        def step(obs, _):
+            action = act(config, state.params, obs, goal, None, deterministic=True)
+            return obs + action / 10, None
+
+        return jax.lax.scan(step, obs, None, 60)[0]
+
+    starts = jnp.asarray(rng.uniform(-1, 1, (100, 2)), jnp.float32)
+    goals = jnp.asarray(rng.uniform(-1, 1, (100, 2)), jnp.float32)
+    final = jax.jit(jax.vmap(rollout))(starts, goals)
+    print(f"  greedy rollouts of 60 steps: mean distance to goal "
+          f"{float(jnp.linalg.norm(starts - goals, axis=-1).mean()):.3f} -> "
+          f"{float(jnp.linalg.norm(final - goals, axis=-1).mean()):.3f}")  # fmt: skip
