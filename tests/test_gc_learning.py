@@ -8,10 +8,10 @@ the trajectory and half random) and reaches clearly more of them.
 
 import numpy as np
 import pytest
+from runs import quiet
 
 from rljax.data import maze_datasets
 from rljax.runner.run import RunSpec, train
-from runs import quiet
 
 SMALL = {"hidden_sizes": [128, 128], "batch_size": 256, "discrete": True, "total_updates": 6000}
 

@@ -14,10 +14,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from runs import quiet
 
 from rljax.data import generate as gen
 from rljax.runner.run import RunSpec, train
-from runs import quiet
 
 AGENT = {"total_updates": 5000, "hidden_sizes": [64, 64]}
 

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from runs import checkpoint_leaves, quiet
 
 from rljax import cli
 from rljax.data import write_d4rl
 from rljax.envs import make as envs_make
 from rljax.runner.config import ConfigError
 from rljax.runner.run import RunSpec, build, train
-from runs import checkpoint_leaves, quiet
 
 EPISODES, HORIZON = 6, 50
 TINY = {"hidden_sizes": [16, 16], "batch_size": 32, "total_updates": 8}
