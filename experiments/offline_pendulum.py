@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rljax.data import episode_returns, load, normalized_score, references
+from rljax.data import load, normalized_score, references
 from rljax.data.generate import KINDS, RECIPES, generate_all
 from rljax.runner import results
 from rljax.runner.run import RunSpec, train
@@ -38,9 +38,9 @@ def datasets(directory: Path) -> dict[str, Path]:
 
 
 def data_score(path: Path) -> float:
-    dataset, metadata = load(path)
-    returns = episode_returns(dataset.rewards, dataset.terminals, dataset.timeouts)
-    return float(normalized_score(returns.mean(), *references(metadata)))
+    """The normalized score of the data's whole episodes (recorded when it was generated)."""
+    _, metadata = load(path)
+    return float(normalized_score(metadata["returns"]["mean"], *references(metadata)))
 
 
 def main():
