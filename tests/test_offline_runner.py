@@ -144,6 +144,13 @@ def test_offline_and_online_inputs_are_checked(dataset_path):
         build(offline_spec(dataset_path, dataset=None))
     with pytest.raises(ConfigError, match="eval_episodes=0"):
         build(offline_spec(dataset_path, eval_episodes=0))
+    with pytest.raises(
+        ConfigError, match="hiql is goal-conditioned, but Pendulum-v1 sets no goals"
+    ):
+        build(offline_spec(dataset_path, algo="hiql"))
+    sums = "value_p_curgoal \\+ value_p_trajgoal \\+ value_p_randomgoal = 1.4; they must sum"
+    with pytest.raises(ConfigError, match=sums):
+        build(offline_spec(dataset_path, algo="hiql", agent={"value_p_curgoal": 0.6}))
 
 
 def test_a_missing_dataset_names_where_it_looked(tmp_path, capsys, monkeypatch):

@@ -180,6 +180,11 @@ def build(spec: RunSpec) -> Program:
     env_options = {k: v for k, v in spec.env.items() if k != "name"}
     if dataset is not None:
         env, env_params = evaluation.unnormalized_env(spec.env)
+        if evaluation.is_goal_conditioned(agent) and not hasattr(env, "num_tasks"):
+            raise config_lib.ConfigError(
+                f"{spec.algo} is goal-conditioned, but {spec.env['name']} sets no goals: "
+                "evaluate it on a goal-conditioned env (rljax/PointMaze-*, rljax/GridMaze-*)"
+            )
     else:
         env, env_params = envs.make(spec.env["name"], **env_options)
     if hasattr(agent, "wrap_env"):  # an agent that adds to what its env observes
