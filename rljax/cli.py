@@ -83,8 +83,10 @@ def _spec(args, grid: dict):
     if args.env:
         env["name"] = args.env
     offline = is_offline(agents.get(args.algo))
-    if offline and args.dataset and "name" not in env:  # evaluate where the data came from
-        env = {**_dataset_env(data.files.metadata(resolve_dataset(args.dataset))), **env}
+    if offline and args.dataset:  # evaluate where the data came from, unless told otherwise
+        recorded = _dataset_env(data.files.metadata(resolve_dataset(args.dataset)))
+        if env.get("name", recorded.get("name")) == recorded.get("name"):
+            env = {**recorded, **env}
     if "name" not in env:
         raise ConfigError("no environment: pass --env NAME (or a --config preset that names one)")
     if args.total_steps is not None:

@@ -148,6 +148,10 @@ def test_offline_and_online_inputs_are_checked(dataset_path):
         ConfigError, match="hiql is goal-conditioned, but Pendulum-v1 sets no goals"
     ):
         build(offline_spec(dataset_path, algo="hiql"))
+    with pytest.raises(ConfigError, match="CartPole-v1 observes shape \\(4,\\)"):
+        build(offline_spec(dataset_path, env={"name": "CartPole-v1"}))
+    with pytest.raises(ConfigError, match="set env.unit_actions=true"):
+        build(offline_spec(dataset_path, env={"name": "Pendulum-v1"}))
     sums = "value_p_curgoal \\+ value_p_trajgoal \\+ value_p_randomgoal = 1.4; they must sum"
     with pytest.raises(ConfigError, match=sums):
         build(offline_spec(dataset_path, algo="hiql", agent={"value_p_curgoal": 0.6}))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from gymnax.environments import spaces
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rljax import agents, data, envs
@@ -180,11 +181,7 @@ def build(spec: RunSpec) -> Program:
     env_options = {k: v for k, v in spec.env.items() if k != "name"}
     if dataset is not None:
         env, env_params = evaluation.unnormalized_env(spec.env)
-        if evaluation.is_goal_conditioned(agent) and not hasattr(env, "num_tasks"):
-            raise config_lib.ConfigError(
-                f"{spec.algo} is goal-conditioned, but {spec.env['name']} sets no goals: "
-                "evaluate it on a goal-conditioned env (rljax/PointMaze-*, rljax/GridMaze-*)"
-            )
+        _check_evaluation_env(spec, agent, dataset, env, env_params)
     else:
         env, env_params = envs.make(spec.env["name"], **env_options)
     if hasattr(agent, "wrap_env"):  # an agent that adds to what its env observes
@@ -235,6 +232,36 @@ def _dataset(spec: RunSpec, agent) -> tuple:
     except data.NoReferenceScores:
         references = None
     return dataset, references
+
+
+def _check_evaluation_env(spec: RunSpec, agent, dataset, env, env_params) -> None:
+    """The env an offline agent is evaluated in must take the dataset's observations and
+    actions (continuous ones in [-1, 1]) and, for a goal-conditioned agent, set goals."""
+    name = spec.env["name"]
+    if evaluation.is_goal_conditioned(agent) and not hasattr(env, "num_tasks"):
+        raise config_lib.ConfigError(
+            f"{spec.algo} is goal-conditioned, but {name} sets no goals: evaluate it on a "
+            "goal-conditioned env (rljax/PointMaze-*, rljax/GridMaze-*)"
+        )
+    obs_shape = tuple(env.observation_space(env_params).shape)
+    if obs_shape != tuple(dataset.observations.shape[1:]):
+        raise config_lib.ConfigError(
+            f"{name} observes shape {obs_shape} but the dataset {spec.dataset} holds "
+            f"observations of shape {tuple(dataset.observations.shape[1:])}: evaluate on the "
+            "env the data came from (leave out --env to use the one its metadata records)"
+        )
+    space = env.action_space(env_params)
+    if isinstance(space, spaces.Box):
+        if tuple(space.shape) != tuple(dataset.actions.shape[1:]):
+            raise config_lib.ConfigError(
+                f"{name} takes actions of shape {tuple(space.shape)} but the dataset's have "
+                f"shape {tuple(dataset.actions.shape[1:])}"
+            )
+        if not (np.allclose(space.low, -1) and np.allclose(space.high, 1)):
+            raise config_lib.ConfigError(
+                f"{name} acts in [{np.min(space.low)}, {np.max(space.high)}] but offline agents "
+                f"act in [-1, 1], as datasets store actions: set env.unit_actions=true"
+            )
 
 
 def member_sharding(num_members: int) -> NamedSharding:
