@@ -91,6 +91,11 @@ def test_iqe_distance_by_hand():
 def test_iqe_matches_interval_merging_and_batches():
     rng = np.random.default_rng(0)
     z_s, z_g = rng.normal(size=(2, 50, 12)).astype(np.float32)
+    # Halves: shared, touching and repeated endpoints, where the lowest index must count.
+    z_s_tied, z_g_tied = np.round(2 * z_s[:25]) / 2, np.round(2 * z_g[:25]) / 2
+    got = qrl.iqe_distance(z_s_tied, z_g_tied, 4, 0.3)
+    want = [reference_iqe(a, b, 4, 0.3) for a, b in zip(z_s_tied, z_g_tied, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
     for weight in (0.0, 0.3, 1.0):
         got = jax.jit(qrl.iqe_distance, static_argnums=2)(z_s, z_g, 4, weight)
         want = [reference_iqe(a, b, 4, weight) for a, b in zip(z_s, z_g, strict=True)]

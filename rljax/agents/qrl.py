@@ -93,20 +93,25 @@ def iqe_distance(z_s, z_g, dim_per_component: int, mean_weight):
     """Interval quasimetric embedding d(z_s, z_g), latents of shape (..., latent_dim).
 
     Each component (dim_per_component consecutive coordinates) measures the union of the
-    intervals [z_s_j, z_g_j] over its coordinates j with z_s_j < z_g_j, found by sweeping the
-    sorted endpoints; components combine as mean_weight mean + (1 - mean_weight) max.
+    intervals [z_s_j, z_g_j] over its coordinates j with z_s_j < z_g_j: the sum of the ends that
+    no other interval covers minus the sum of such starts (of tied endpoints, the lowest index
+    counts). Comparing all pairs costs k^2 per component, but unlike sorting the endpoints it is
+    elementwise, which makes it an order of magnitude faster on a CPU. Components combine as
+    mean_weight mean + (1 - mean_weight) max.
     """
+    k = dim_per_component
     x, y = jnp.broadcast_arrays(
-        z_s.reshape(*z_s.shape[:-1], -1, dim_per_component),
-        z_g.reshape(*z_g.shape[:-1], -1, dim_per_component),
+        z_s.reshape(*z_s.shape[:-1], -1, k), z_g.reshape(*z_g.shape[:-1], -1, k)
     )
-    points = jnp.concatenate([x, y], -1)  # (..., components, 2k): starts, then ends
-    order = jnp.argsort(points, axis=-1)
-    valid = jnp.concatenate([x < y, x < y], -1)
-    step = jnp.where(order < dim_per_component, 1, -1) * jnp.take_along_axis(valid, order, -1)
-    covered = (jnp.cumsum(step, -1) > 0).astype(points.dtype)
-    edge = jnp.diff(covered, axis=-1, prepend=0)  # +1 where the union opens, -1 where it closes
-    length = -(jnp.take_along_axis(points, order, -1) * edge).sum(-1)
+    valid = x < y
+    x_i, y_i = x[..., :, None], y[..., :, None]
+    x_j, y_j, valid_j = x[..., None, :], y[..., None, :], valid[..., None, :]
+    earlier = jnp.tril(jnp.ones((k, k), bool), -1)  # [i, j]: j < i
+    end_covered = valid_j & ((x_j <= y_i) & (y_i < y_j) | (y_j == y_i) & earlier)
+    start_covered = valid_j & ((x_j < x_i) & (x_i <= y_j) | (x_j == x_i) & earlier)
+    ends = valid & ~end_covered.any(-1)
+    starts = valid & ~start_covered.any(-1)
+    length = jnp.where(ends, y, 0).sum(-1) - jnp.where(starts, x, 0).sum(-1)
     return mean_weight * length.mean(-1) + (1 - mean_weight) * length.max(-1)
 
 
