@@ -23,8 +23,10 @@ from rljax.runner import results
 from rljax.runner.run import RunSpec, train
 
 AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota")
-# OGBench's pointmaze-*-navigate overrides (impls/hyperparameters.sh, spec GC-4).
+# OGBench's pointmaze overrides (impls/hyperparameters.sh, spec GC-4); on stitch datasets every
+# agent's actor also takes random goals half the time (spec GC-1).
 OVERRIDES = {"gciql": {"alpha": 0.003}, "qrl": {"alpha": 0.0003}, "crl": {"alpha": 0.03}}
+STITCH = {"actor_p_trajgoal": 0.5, "actor_p_randomgoal": 0.5}
 # OGBench paper, success %, mean +- std over 8 seeds (spec GC-5); navigate datasets only.
 PUBLISHED = {
     "medium-navigate": {"gcbc": 9, "gcivl": 63, "gciql": 53, "qrl": 82, "crl": 29, "hiql": 79},
@@ -42,6 +44,7 @@ def main():
     parser.add_argument("--updates", type=int, default=20_000, help="gradient steps per seed")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--hidden", default="256,256,256")
+    parser.add_argument("--latent", type=int, default=512, help="QRL's and CRL's latent_dim")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--eval-episodes", type=int, default=10, help="per task")
     parser.add_argument("--out", type=Path, help="datasets and runs (default: a temporary dir)")
@@ -60,7 +63,9 @@ def main():
                     "total_updates": args.updates,
                     "batch_size": args.batch,
                     "hidden_sizes": hidden,
+                    **({"latent_dim": args.latent} if algo in ("qrl", "crl") else {}),
                     **OVERRIDES.get(algo, {}),
+                    **(STITCH if kind == "stitch" else {}),
                 }
                 spec = RunSpec(
                     algo=algo,
@@ -86,7 +91,8 @@ def main():
 
     print(
         f"\nsuccess %, IQM over {args.seeds} seeds [95% CI]; {args.updates} gradient steps, "
-        f"batch {args.batch}, hidden {hidden}; (OGBench: mean over 8 seeds, 1M steps)"
+        f"batch {args.batch}, hidden {hidden}, QRL/CRL latents {args.latent} "
+        "(OGBench: mean over 8 seeds, 1M steps)"
     )
     print("| dataset | " + " | ".join(agents) + " |")
     print("|---" * (len(agents) + 1) + "|")
