@@ -85,7 +85,7 @@ def _spec(args, grid: dict):
     offline = is_offline(agents.get(args.algo))
     if offline and args.dataset:  # evaluate where the data came from, unless told otherwise
         recorded = _dataset_env(data.files.metadata(resolve_dataset(args.dataset)))
-        if env.get("name", recorded.get("name")) == recorded.get("name"):
+        if env.get("name") in (None, recorded.get("name")):  # a different env keeps its own
             env = {**recorded, **env}
     if "name" not in env:
         raise ConfigError("no environment: pass --env NAME (or a --config preset that names one)")

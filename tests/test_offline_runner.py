@@ -157,6 +157,15 @@ def test_offline_and_online_inputs_are_checked(dataset_path):
         build(offline_spec(dataset_path, algo="hiql", agent={"value_p_curgoal": 0.6}))
 
 
+def test_cli_evaluation_env_other_than_the_datasets_is_named(dataset_path, tmp_path, capsys):
+    """--env naming another env does not inherit the metadata's options (Pendulum's
+    unit_actions and episode length), and its mismatch with the data is named."""
+    args = ["train", "bc", "--dataset", str(dataset_path), "--out", str(tmp_path / "run")]
+    assert cli.main([*args, "--env", "CartPole-v1"]) == 2
+    assert "CartPole-v1 observes shape (4,)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_missing_dataset_names_where_it_looked(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RLJAX_DATA_DIR", str(tmp_path))
     assert cli.main(["train", "iql", "--dataset", "pendulum-nothing"]) == 2
