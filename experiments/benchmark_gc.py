@@ -3,7 +3,7 @@ generation, and gradient steps/s per agent.
 
 * env: ``--envs`` PointMaze-medium / GridMaze-medium envs stepped with random actions for 1000
   steps (auto-reset on).
-* evaluation: the runner's evaluation (``rljax.runner.evaluation.evaluate``) of an untrained
+* evaluation: the runner's evaluation (``rljax.runner.evaluation.evaluate_policy``) of an untrained
   HIQL on OGBench's five tasks, ``--eval-episodes`` per task, in one jit; an untrained policy
   rarely succeeds, so every episode runs its full 1000 steps (the worst case).
 * generation: a 1M-transition pointmaze-medium navigate dataset (OGBench's 1000 x 1001).
@@ -21,8 +21,9 @@ import jax
 from benchmark_ppo import compile_fn, peak_memory, run_seconds
 
 from rljax import agents, envs
-from rljax.data import Dataset, maze_datasets
+from rljax.data import Dataset
 from rljax.data.ogbench import transitions
+from rljax.generate import mazes
 from rljax.runner import evaluation
 
 AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota")
@@ -66,7 +67,7 @@ def main():
         print(f"{name}: {rate:,.0f} env steps/s ({args.envs} envs, compile {compile_s:.1f}s)")
 
     start = time.perf_counter()
-    rows = maze_datasets.generate("rljax/PointMaze-medium", "navigate", seed=0)
+    rows = mazes.maze_rows("rljax/PointMaze-medium", "navigate", seed=0)
     dataset = Dataset.from_arrays(**transitions(rows))
     print(
         f"pointmaze-medium-navigate: {dataset.size:,} transitions generated in "
@@ -78,10 +79,10 @@ def main():
     params = hiql.init(config, dataset, jax.random.key(0)).params
     env, env_params = envs.make("rljax/PointMaze-medium")
 
+    policy = evaluation.agent_policy(agents.declaration("hiql"), config, params, True)
+
     def evaluate(key):
-        return evaluation.evaluate(
-            hiql, config, params, env, env_params, args.eval_episodes, key, deterministic=True
-        )
+        return evaluation.evaluate_policy(policy, env, env_params, args.eval_episodes, key)
 
     compiled, compile_s = compile_fn(evaluate, jax.random.key(1))
     episodes = 5 * args.eval_episodes

@@ -3,8 +3,9 @@
 Each agent trains with its paper's networks and batch size (CORL's: 256x256, batch 256; CQL
 and IQL as in their files) on a D4RL-sized dataset held on the device (``--rows`` transitions
 of hopper's shapes, 11-d observations and 3-d actions, random numbers: speed does not depend on
-the values). One seed, then ``--seeds`` seeds vmapped in one program. The batch is sampled
-inside the jitted scan, as in the runner. Timing and memory as in benchmark_ppo.py.
+the values). One seed, then ``--seeds`` seeds vmapped in one program. Each agent's ``update``
+samples its batch inside the jitted scan, as in the runner. Timing and memory as in
+benchmark_ppo.py.
 
     python experiments/benchmark_offline.py [--agents bc,td3_bc] [--updates 2000] [--rows 1000000]
 """
@@ -39,13 +40,11 @@ def measure(agent, config, dataset, updates: int, seeds: int) -> dict:
     keys = jax.random.split(jax.random.key(0), seeds)
 
     def train_seeds(keys):
-        # One member at a time for init (see rljax.runner.run: no vmapped init on CPU).
+        # One member at a time for init (see rljax.runner.program: no vmapped init on CPU).
         states = jax.lax.map(lambda k: agent.init(config, dataset, k), keys)
 
         def one_update(state, _):
-            rng, key = jax.random.split(state.rng)
-            batch = agent.sample_batch(config, dataset, key)
-            return agent.update(config, state.replace(rng=rng), batch)
+            return agent.update(config, dataset, state)  # samples its batch inside jit
 
         run = jax.vmap(lambda s: jax.lax.scan(one_update, s, None, updates))
         return run(states)[1]

@@ -18,17 +18,18 @@ from unittest import mock
 
 import jax.numpy as jnp
 
-from rljax.runner import run as run_lib
-from rljax.runner.run import RunSpec, train
+from rljax.runner import loop, program
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
 
 def steps_per_second(spec: RunSpec, checkpoint_seconds: float, guard: bool) -> float:
     with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as patches:
         if not guard:
             patches.enter_context(
-                mock.patch.object(run_lib, "params_finite", lambda params: jnp.bool_(True))
+                mock.patch.object(program, "params_finite", lambda params: jnp.bool_(True))
             )
-            patches.enter_context(mock.patch.object(run_lib, "first_failures", lambda *a: {}))
+            patches.enter_context(mock.patch.object(loop, "first_failures", lambda *a: {}))
         summary = train(
             spec, Path(directory) / "run", checkpoint_seconds=checkpoint_seconds,
             print_fn=lambda *_: None,

@@ -1,6 +1,6 @@
 """Every goal-conditioned agent on the point mazes: success rates next to OGBench's.
 
-Generates OGBench-style datasets with ``rljax.data.maze_datasets`` (navigate and, with
+Generates OGBench-style datasets with ``rljax.generate.mazes`` (navigate and, with
 ``--kinds navigate,stitch``, stitch; OGBench's sizes unless ``--episodes``), trains each agent on
 each through the runner with seeds vmapped, and prints the mean success rate over OGBench's five
 evaluation tasks (``--eval-episodes`` deterministic episodes per task after the last chunk),
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rljax.data import maze_datasets
+from rljax.generate import mazes
 from rljax.runner import results
-from rljax.runner.run import RunSpec, train
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
 AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota")
 # OGBench's pointmaze overrides (impls/hyperparameters.sh, spec GC-4); on stitch datasets every
@@ -57,7 +58,7 @@ def main():
     for layout in args.mazes.split(","):
         for kind in args.kinds.split(","):
             name = f"rljax/PointMaze-{layout}"
-            path = maze_datasets.write(name, kind, out / "data", args.episodes, val=False)[0]
+            path = mazes.write(name, kind, out / "data", args.episodes, val=False)[0]
             for algo in agents:
                 agent = {
                     "total_updates": args.updates,

@@ -13,7 +13,7 @@ import tempfile
 import jax
 
 from rljax.data import normalized_score
-from rljax.data.generate import KINDS, generate_all
+from rljax.generate.d4rl import KINDS, generate_all
 
 
 def main():

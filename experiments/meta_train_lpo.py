@@ -128,7 +128,9 @@ def main():
     args = parser.parse_args()
 
     overrides = {"total_timesteps": args.total_steps, "ta_lpo": args.ta_lpo}
-    config = config_lib.build(lpo.Config, {**overrides, **config_lib.parse_assignments(args.set)})
+    config = config_lib.make_config(
+        lpo.Config, {**overrides, **config_lib.parse_assignments(args.set)}
+    )
     env, env_params = envs.make(
         args.env, **({"flatten_obs": True} if "MinAtar" in args.env else {})
     )

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from rljax.data import load, normalized_score, references
-from rljax.data.generate import KINDS, RECIPES, generate_all
+from rljax.generate.d4rl import KINDS, RECIPES, generate_all
 from rljax.runner import results
-from rljax.runner.run import RunSpec, train
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
 AGENTS = ("bc", "td3_bc", "iql", "rebrac", "cql")
 

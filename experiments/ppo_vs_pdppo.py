@@ -65,7 +65,7 @@ def main():
             out = args.out / f"{args.instance}-{demand}-{agent.lower()}"
             summary = train(args, advantage, deterministic, out)
             final = -np.array([row["final_return"] for row in summary["final_returns"]], float)
-            returns, _, _ = policy.evaluate(out, args.eval_episodes, deterministic=True)
+            returns, _, _ = policy.evaluate_run(out, args.eval_episodes, deterministic=True)
             greedy = -np.asarray(returns).mean(1)
             report.append((demand, agent, final, greedy, summary))
             steps, curves[agent] = results.run_curve(out)

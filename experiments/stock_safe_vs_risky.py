@@ -6,7 +6,7 @@ on several seeds as one vmapped program, then runs many greedy evaluation episod
 (the CVaR agent starts each from the initial stock it searches for). Prints, per objective, the
 routes the seeds chose and the return statistics (mean, CVaR_alpha, probability of falling),
 next to the exact values: those of each route's known distribution, and the optimum that
-exact distributional dynamic programming (``rljax.agents.distributional_dp.solve``) finds on the
+exact distributional dynamic programming (``rljax.solvers.distributional_dp.solve``) finds on the
 tabular env. Saves a histogram of both policies' returns.
 
     python experiments/stock_safe_vs_risky.py                # 5 seeds, 10,000 episodes each
@@ -24,9 +24,10 @@ import numpy as np
 import yaml
 
 from rljax import envs
-from rljax.agents import distributional_dp, stock_dqn
+from rljax.agents import stock_dqn
 from rljax.envs import risky_shortcut
 from rljax.runner import config as config_lib
+from rljax.solvers import distributional_dp
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = ("mean", "cvar")
@@ -38,7 +39,7 @@ def load_config(objective: str, total_timesteps: int | None) -> stock_dqn.Config
     agent = yaml.safe_load(preset.read_text())["agent"]
     if total_timesteps is not None:
         agent["total_timesteps"] = total_timesteps
-    return config_lib.build(stock_dqn.Config, agent)
+    return config_lib.make_config(stock_dqn.Config, agent)
 
 
 def evaluate(config, env, env_params, params, key, episodes: int):

@@ -3,7 +3,8 @@
 _EXPORTS = {
     "make": "rljax.envs",
     "load_policy": "rljax.runner.policy",
-    "evaluate": "rljax.runner.policy",
+    "evaluate_run": "rljax.runner.policy",
+    "export_policy": "rljax.runner.policy",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -54,10 +54,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec(args, grid: dict):
-    from rljax import agents, data
-    from rljax.data.generate import resolve_dataset
+    """The RunSpec the arguments describe; the runner resolves the rest (``runner.spec``)."""
+    from rljax import agents
     from rljax.runner.config import ConfigError, parse_assignments
-    from rljax.runner.run import RunSpec, is_offline
+    from rljax.runner.spec import RunSpec
 
     try:
         preset = yaml.safe_load(args.config.read_text()) if args.config else {}
@@ -82,15 +82,8 @@ def _spec(args, grid: dict):
             agent[key] = value
     if args.env:
         env["name"] = args.env
-    offline = is_offline(agents.get(args.algo))
-    if offline and args.dataset:  # evaluate where the data came from, unless told otherwise
-        recorded = _dataset_env(data.files.metadata(resolve_dataset(args.dataset)))
-        if env.get("name") in (None, recorded.get("name")):  # a different env keeps its own
-            env = {**recorded, **env}
-    if "name" not in env:
-        raise ConfigError("no environment: pass --env NAME (or a --config preset that names one)")
     if args.total_steps is not None:
-        agent["total_updates" if offline else "total_timesteps"] = int(args.total_steps)
+        agent[agents.declaration(args.algo).budget_field] = int(args.total_steps)
     options = {"dataset": args.dataset}
     if args.eval_episodes is not None:
         options["eval_episodes"] = args.eval_episodes
@@ -106,22 +99,15 @@ def _spec(args, grid: dict):
     )
 
 
-def _dataset_env(metadata: dict) -> dict:
-    """The make() options a dataset records for its env: ``{"name": ..., **options}``."""
-    env = metadata.get("env")
-    if isinstance(env, str):
-        return {"name": env}
-    return dict(env) if isinstance(env, dict) and "name" in env else {}
-
-
 def _train(args, grid: dict) -> None:
-    from rljax.runner.run import train
+    from rljax.runner.loop import train
 
     spec = _spec(args, grid)
     out = args.out
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        source = Path(spec.dataset).stem if spec.dataset else spec.env["name"].replace("/", "_")
+        source = Path(spec.dataset).stem if spec.dataset else spec.env.get("name", "env")
+        source = source.replace("/", "_")
         out = Path("runs") / f"{spec.algo}-{source}-{stamp}"
     train(
         spec, out, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds,
@@ -138,9 +124,11 @@ def _sweep(args) -> None:
 def _eval(args) -> None:
     import numpy as np
 
-    from rljax.runner.policy import evaluate
+    from rljax.runner.policy import evaluate_run
 
-    returns, program, step = evaluate(args.run_dir, args.episodes, args.deterministic, args.seed)
+    returns, program, step = evaluate_run(
+        args.run_dir, args.episodes, args.deterministic, args.seed
+    )
     returns = np.asarray(returns)
     mode = "deterministic" if args.deterministic else "stochastic"
     print(f"{args.run_dir}: update {step}, {args.episodes} {mode} episodes per member")
@@ -160,13 +148,22 @@ def _envs(args) -> None:
             print("\n".join(f"  {name}" for name in names))
 
 
+def _export(args) -> None:
+    from rljax.runner.policy import export_policy
+
+    signature = export_policy(args.run_dir, args.out, args.member, not args.stochastic)
+    inputs = ", ".join(f"{x['name']} {x['dtype']}{x['shape']}" for x in signature["inputs"])
+    print(f"wrote {args.out} (update {signature['update']}, {inputs}) and {args.out}.json")
+
+
 def _generate(args) -> None:
-    from rljax.data import data_dir, generate, maze_datasets
-    from rljax.runner.run import RunError
+    from rljax.data import data_dir
+    from rljax.generate import d4rl, mazes
+    from rljax.runner.spec import RunError
 
     if args.env.removeprefix("rljax/").lower().startswith(("pointmaze", "gridmaze")):
-        for kind in args.kind or maze_datasets.KINDS:
-            paths = maze_datasets.write(
+        for kind in args.kind or mazes.KINDS:
+            paths = mazes.write(
                 args.env, kind, args.out or data_dir(), args.episodes, args.steps, seed=args.seed
             )
             print("wrote " + ", ".join(map(str, paths)))
@@ -174,8 +171,8 @@ def _generate(args) -> None:
     if args.episodes is not None or args.steps is not None:
         raise RunError("--episodes and --steps size the maze datasets only")
     try:
-        generate.generate_all(args.env, args.out, args.kind or generate.KINDS, args.seed)
-    except generate.BehaviourFailed as error:
+        d4rl.generate_all(args.env, args.out, args.kind or d4rl.KINDS, args.seed)
+    except d4rl.BehaviourFailed as error:
         raise RunError(str(error)) from None
 
 
@@ -183,9 +180,8 @@ def _info(args) -> None:
     import numpy as np
 
     from rljax import data
-    from rljax.data.generate import resolve_dataset
 
-    path = resolve_dataset(args.dataset)
+    path = data.resolve(args.dataset)
     dataset, metadata = data.load(path)
     returns = data.episode_returns(dataset.rewards, dataset.terminals, dataset.timeouts)
     print(f"{path}")
@@ -225,6 +221,16 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--deterministic", action="store_true")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(handler=_eval)
+    export = commands.add_parser(
+        "export", help="write a run's policy as a jax.export artifact that needs jax alone"
+    )
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("out", type=Path, help="the artifact; its signature goes to OUT.json")
+    export.add_argument("--member", type=int, default=0, help="which member (default 0)")
+    export.add_argument(
+        "--stochastic", action="store_true", help="sample actions (default: deterministic)"
+    )
+    export.set_defaults(handler=_export)
     listing = commands.add_parser("envs", help="list every environment name")
     listing.set_defaults(handler=_envs)
     datasets = commands.add_parser("data", help="generate and inspect offline datasets")
@@ -263,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"rljax: error: {error}", file=sys.stderr)
         return 2
-    from rljax.runner.run import Divergence, Interrupted, RunError
+    from rljax.runner.guard import Divergence, Interrupted
+    from rljax.runner.spec import RunError
 
     try:
         args.handler(args)

@@ -5,8 +5,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rljax.runner.checkpoint import Checkpoints
-from rljax.runner.run import RunSpec, build
+from rljax.runner.policy import restore
+from rljax.runner.spec import RunSpec
 
 # 8 updates of 4 envs x 16 steps, in chunks of 2.
 TINY = {"num_envs": 4, "num_steps": 16, "num_minibatches": 2, "update_epochs": 2}
@@ -26,8 +26,5 @@ def quiet(*_) -> None:
 
 def checkpoint_leaves(run_dir: Path) -> list[np.ndarray]:
     """Every array of the run's latest checkpoint, in tree order."""
-    program = build(RunSpec.load(run_dir / "config.yaml"))
-    shapes = jax.eval_shape(program.init_fn(), program.stacked, program.keys)
-    checkpoints = Checkpoints(run_dir / "checkpoints")
-    state = checkpoints.restore(checkpoints.latest_step(), program.abstract(shapes))
+    _, state, _ = restore(run_dir)
     return [np.asarray(x) for x in jax.tree.leaves(state)]

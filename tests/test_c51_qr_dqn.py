@@ -16,7 +16,8 @@ from rljax import cli, envs
 from rljax.agents import c51, qr_dqn
 from rljax.runner import config as config_lib
 from rljax.runner.checkpoint import Checkpoints
-from rljax.runner.run import RunSpec, train
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 AGENTS = [c51, qr_dqn]
@@ -156,7 +157,7 @@ def test_learning_starts_and_the_target_network(agent):
     assert not equal(second.params, start.params) and equal(second.target_params, second.params)
 
     *_, polyak = two_updates(tiny(agent, target_update_interval=4, tau=0.5), key)
-    halfway = jax.tree.map(lambda p, t: 0.5 * p + 0.5 * t, polyak.params, start.params)
+    halfway = jax.tree.map(lambda p, t: 0.5 * p + 0.5 * t, polyak.params.net, start.params.net)
     jax.tree.map(np.testing.assert_allclose, polyak.target_params, halfway)
 
     *_, unsynced = two_updates(tiny(agent, target_update_interval=5), key)
@@ -171,7 +172,7 @@ def test_act_is_greedy_in_the_mean_or_epsilon_greedy(agent):
     config = tiny(agent)
     params = agent.init(config, env, env_params, jax.random.PRNGKey(0)).params
     obs = jax.random.uniform(jax.random.PRNGKey(1), (256, 400))
-    out = agent._network(config, 3).apply(params, obs)  # (256, 3, atoms or quantiles)
+    out = agent._network(config, 3).apply(params.net, obs)  # (256, 3, atoms or quantiles)
     mean = (jax.nn.softmax(out) * c51._support(config)).sum(-1) if agent is c51 else out.mean(-1)
     greedy = np.argmax(mean, -1)
     assert len(np.unique(greedy)) > 1
@@ -187,7 +188,7 @@ def test_bad_configs_are_named_errors():
     with pytest.raises(ValueError, match=r"buffer_size=10 must hold .* = 16 transitions"):
         c51.init(tiny(c51, buffer_size=10), env, env_params, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=r"v_min=5.0 must be less than v_max=5.0"):
-        config_lib.build(c51.Config, {"v_min": "5", "v_max": "5"})
+        config_lib.make_config(c51.Config, {"v_min": "5", "v_max": "5"})
     env, env_params = envs.make("Pendulum-v1")
     with pytest.raises(ValueError, match="QR-DQN needs discrete actions, got Box"):
         qr_dqn.init(tiny(qr_dqn), env, env_params, jax.random.PRNGKey(0))
@@ -200,7 +201,7 @@ def final_returns(agent, preset, num_seeds=2, last_fraction=0.1, **changes):
     """Per seed, the mean return of the episodes finished in the last tenth of the run."""
     preset = yaml.safe_load((REPO / "configs" / preset).read_text())
     env, env_params = envs.make(**preset["env"])
-    config = config_lib.build(agent.Config, {**preset["agent"], **changes})
+    config = config_lib.make_config(agent.Config, {**preset["agent"], **changes})
     configs = config_lib.stack([config] * num_seeds)
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
 

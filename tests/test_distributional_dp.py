@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rljax.agents import distributional_dp as ddp
+from rljax.solvers import distributional_dp as ddp
 
 SAFE, RISKY = 0, 1
 METHODS = ("value_iteration", "policy_iteration")

@@ -4,6 +4,8 @@ stop-gradient normaliser and action clipping, discrete actions), the batch's goa
 single and batched inputs, traced sweeps, deterministic finite training on a tiny dataset, named
 init errors, and reaching goals in an open square."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,7 +240,8 @@ def test_sample_batch_goals_on_a_tiny_dataset(agent):
 @pytest.mark.parametrize("agent", AGENTS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_act_on_single_and_batched_inputs(agent):
     """(d,) and (B, d) inputs; deterministic = the clipped mean; samples in [-1, 1]; discrete
-    actions are integers below the number of actions and deterministic = argmax."""
+    actions are integers below the number of actions and deterministic = argmax. Discreteness
+    comes from the params, not the config: a default config acts the same."""
     extra = {"actor_loss": "awr"} if agent is gciql else {}
     for discrete in (False, True):
         config = agent.Config(**TINY, discrete=discrete, **extra)
@@ -250,6 +253,9 @@ def test_act_on_single_and_batched_inputs(agent):
         single = agent.act(config, params, obs[0], goal[0], key, deterministic=True)
         batched = agent.act(config, params, obs, goal, key, deterministic=True)
         sampled = agent.act(config, params, obs, goal, key)
+        default = agent.act(agent.Config(**TINY), params, obs, goal, key, deterministic=True)
+        np.testing.assert_array_equal(default, batched)
+        assert state.params.discrete == discrete
         if discrete:
             assert single.shape == () and batched.shape == (5,)
             np.testing.assert_array_equal(batched, 0)  # the argmax of (3, -0.2, 0.1)
@@ -271,7 +277,7 @@ def one_unit_free(actor_params, bias):
 
 def test_gcivl_update_agrees_under_jit_and_vmap():
     """A sweep over traced fields, goal probabilities included, equals single runs of
-    sample_batch + update."""
+    sample_batch + update_on_batch."""
     dataset = tiny_dataset()
     configs = [
         gcivl.Config(**TINY, alpha=10.0, value_p_curgoal=0.2, value_p_randomgoal=0.3),
@@ -281,7 +287,7 @@ def test_gcivl_update_agrees_under_jit_and_vmap():
     key = jax.random.PRNGKey(4)
 
     def step(config, state):
-        return gcivl.update(config, state, gcivl.sample_batch(config, dataset, key))
+        return gcivl.update_on_batch(config, state, gcivl.sample_batch(config, dataset, key))
 
     singles = [jax.jit(step)(c, state) for c in configs]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *configs)
@@ -326,9 +332,12 @@ def test_train_is_finite_and_deterministic(agent, extra):
 def test_init_errors_are_named(agent):
     dataset = tiny_dataset()
     key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="value_p_curgoal . value_p_trajgoal . value_p_randomgoal"):
+    total = 0.5 + 0.6 + agent.Config().value_p_randomgoal
+    message = f"value_p_curgoal + value_p_trajgoal + value_p_randomgoal = {total:.6g}; they must"
+    with pytest.raises(ValueError, match=re.escape(message)):
         agent.init(agent.Config(**TINY, value_p_curgoal=0.5, value_p_trajgoal=0.6), dataset, key)
-    with pytest.raises(ValueError, match="actor_p_curgoal . actor_p_trajgoal . actor_p_randomgoal"):
+    message = "actor_p_curgoal + actor_p_trajgoal + actor_p_randomgoal = 1.2; they must sum to 1"
+    with pytest.raises(ValueError, match=re.escape(message)):
         agent.init(agent.Config(**TINY, actor_p_randomgoal=0.2), dataset, key)
     with pytest.raises(ValueError, match="last row must end a trajectory"):
         open_end = dataset.replace(timeouts=dataset.timeouts.at[-1].set(0))

@@ -3,6 +3,8 @@ observation is its row index, each loss on a hand-computed batch (with linear or
 networks), the stop-gradients, the subgoal representation's norm, acting, deterministic training
 with finite metrics, and named init errors."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -328,7 +330,8 @@ def test_goal_representation_and_act_renormalise_to_sqrt_rep_dim(module):
     phi = module.goal_representation(config, params.goal_rep, obs, goal)
     np.testing.assert_allclose(jnp.linalg.norm(phi, axis=-1), np.sqrt(10), rtol=1e-5)
     # act: the high actor's mean (norm ~1e-2 at init), rescaled to sqrt(10), read by the low one.
-    _, _, low_actor, high_actor = module._networks(config, 2)
+    net = module._networks(config, params.action_dim)
+    low_actor, high_actor = net.low_actor, net.high_actor
     mean = high_actor.apply(params.high_actor, jnp.concatenate([obs, goal], -1))
     assert (jnp.linalg.norm(mean, axis=-1) < 1).all()
     rep = mean / jnp.linalg.norm(mean, axis=-1, keepdims=True) * np.sqrt(10)
@@ -391,9 +394,13 @@ def test_train_is_deterministic_with_finite_metrics(module, discrete):
 def test_init_errors_are_named(module):
     dataset = index_dataset()
     key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="value_p_curgoal \\+ value_p_trajgoal"):
+    total = 1.0 + module.Config().value_p_randomgoal  # 1.3 (HIQL) or 1.5 (OTA)
+    message = f"value_p_curgoal + value_p_trajgoal + value_p_randomgoal = {total:.6g}; they must"
+    with pytest.raises(ValueError, match=re.escape(message)):
         module.init(module.Config(value_p_curgoal=0.5, value_p_trajgoal=0.5), dataset, key)
-    with pytest.raises(ValueError, match="actor_p_randomgoal must sum to 1"):
+    total = module.Config().actor_p_trajgoal + 0.7  # 1.7 (HIQL) or 1.2 (OTA)
+    message = f"actor_p_curgoal + actor_p_trajgoal + actor_p_randomgoal = {total:.6g}; they must"
+    with pytest.raises(ValueError, match=re.escape(message)):
         module.init(module.Config(actor_p_randomgoal=0.7), dataset, key)
     with pytest.raises(ValueError, match="discrete=True needs integer actions"):
         module.init(module.Config(discrete=True), dataset, key)

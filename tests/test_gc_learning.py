@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from runs import quiet
 
-from rljax.data import maze_datasets
-from rljax.runner.run import RunSpec, train
+from rljax.generate import mazes
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
 SMALL = {"hidden_sizes": [128, 128], "batch_size": 256, "discrete": True, "total_updates": 6000}
 
 
 @pytest.mark.slow
 def test_gcivl_stitches_gridmaze_better_than_gcbc(tmp_path):
-    path = maze_datasets.write("rljax/GridMaze-medium", "stitch", tmp_path, val=False)[0]
+    path = mazes.write("rljax/GridMaze-medium", "stitch", tmp_path, val=False)[0]
 
     def success(algo, **agent):
         spec = RunSpec(

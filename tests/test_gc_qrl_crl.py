@@ -4,6 +4,7 @@ the losses rely on, the sign of QRL's Lagrange multiplier update, relabelled bat
 errors, act, and deterministic training with finite metrics on a tiny dataset."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -172,7 +173,7 @@ def _scale_last_layer(value_params, factor):
 def test_qrl_lambda_update_sign():
     """One Adam step moves log lam by lr * sign(constraint - eps): up when violated."""
     config, _, state, batch = setup(qrl)
-    update = jax.jit(lambda s, b: qrl.update(config, s, b))
+    update = jax.jit(lambda s, b: qrl.update_on_batch(config, s, b))
     # s' = s: d(s, s') = 0, the constraint holds and lam falls.
     new_state, metrics = update(state, dict(batch, next_observations=batch["observations"]))
     assert metrics["d_pos_loss"] == 0 and metrics["lam"] == 1.0
@@ -223,7 +224,8 @@ def test_qrl_gradients_flow_where_ogbench_sends_them():
 
 def test_qrl_actor_q_is_minus_distance_through_the_latent_model():
     config, _, state, batch = setup(qrl)
-    value, dynamics, actor = qrl._networks(config, 2)
+    net = qrl._networks(config, 2)
+    value, dynamics, actor = net.value, net.dynamics, net.actor
 
     @jax.jit
     def by_hand(params):
@@ -270,7 +272,7 @@ def test_crl_critic_loss_scores_every_state_action_against_every_goal():
 
 def test_crl_actor_uses_the_smaller_fixed_critic():
     config, _, state, batch = setup(crl)
-    _, actor = crl._networks(config, 2)
+    actor = crl._networks(config, 2).actor
 
     @jax.jit
     def check(params):
@@ -323,9 +325,11 @@ def test_init_errors_are_named(module):
     config = CONFIGS[module]
     with pytest.raises(ValueError, match="continuous actions"):
         module.init(config, tiny_dataset(discrete=True), jax.random.PRNGKey(0))
-    with pytest.raises(ValueError, match="value_p_curgoal, value_p_trajgoal, value_p_randomgoal"):
+    message = "value_p_curgoal + value_p_trajgoal + value_p_randomgoal = 1.5; they must sum to 1"
+    with pytest.raises(ValueError, match=re.escape(message)):
         module.init(config.replace(value_p_curgoal=0.5), tiny_dataset(), jax.random.PRNGKey(0))
-    with pytest.raises(ValueError, match="actor_p_curgoal, actor_p_trajgoal, actor_p_randomgoal"):
+    message = "actor_p_curgoal + actor_p_trajgoal + actor_p_randomgoal = 0.5; they must sum to 1"
+    with pytest.raises(ValueError, match=re.escape(message)):
         module.init(config.replace(actor_p_trajgoal=0.5), tiny_dataset(), jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="close over the dataset"):
         jax.jit(lambda d: module.init(config, d, jax.random.PRNGKey(0)))(tiny_dataset())
@@ -348,7 +352,7 @@ def test_act_batched_and_single(module):
     config, _, state, _ = setup(module)
     obs, goal = jnp.ones((5, 2)), jnp.zeros((5, 2))
     greedy = module.act(config, state.params, obs, goal, None, deterministic=True)
-    mean = module._networks(config, 2)[-1].apply(state.params.actor, obs, goal)
+    mean = module._networks(config, 2).actor.apply(state.params.actor, obs, goal)
     np.testing.assert_allclose(greedy, jnp.clip(mean, -1, 1))
     single = module.act(config, state.params, obs[0], goal[0], None, deterministic=True)
     np.testing.assert_allclose(single, greedy[0], rtol=1e-5, atol=1e-6)
@@ -382,6 +386,6 @@ def test_qrl_with_mrn_updates():
     dataset = tiny_dataset()
     state = jax.jit(lambda key: qrl.init(config, dataset, key))(jax.random.PRNGKey(0))
     batch = setup(qrl)[3]
-    new_state, metrics = jax.jit(lambda s, b: qrl.update(config, s, b))(state, batch)
+    new_state, metrics = jax.jit(lambda s, b: qrl.update_on_batch(config, s, b))(state, batch)
     assert "mix" not in state.params.value["params"]  # MRN has no mixing weight
     assert all(np.isfinite(v) for v in metrics.values()) and int(new_state.step) == 1

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from rljax import envs
+from rljax import agents, data, envs
 from rljax.data import DatasetNotFound, load_d4rl, read_d4rl, references
-from rljax.data import generate as gen
+from rljax.generate import d4rl as gen
+from rljax.generate import recipes
 from rljax.runner import config as config_lib
 
 # A behaviour SAC that learns in 4000 steps: 40 snapshots of 100 env steps, 100-step episodes,
@@ -164,35 +165,33 @@ def test_medium_expert_is_medium_then_expert(generated):
 
 def test_missing_dataset_names_the_path_and_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("RLJAX_DATA_DIR", str(tmp_path))
-    assert gen.data_dir() == tmp_path
+    assert data.data_dir() == tmp_path
     with pytest.raises(DatasetNotFound) as error:
-        gen.resolve_dataset("pendulum-medium-replay")
+        data.resolve("pendulum-medium-replay")
     assert str(tmp_path / "pendulum-medium-replay.hdf5") in str(error.value)
     assert "rljax data generate Pendulum-v1 --kind medium-replay" in str(error.value)
     with pytest.raises(
         DatasetNotFound, match="rljax data generate brax/hopper --kind medium-expert"
     ):
-        gen.resolve_dataset("hopper-medium-expert")
+        data.resolve("hopper-medium-expert")
     elsewhere = tmp_path / "elsewhere" / "walker2d-random.hdf5"
     with pytest.raises(DatasetNotFound) as error:
-        gen.resolve_dataset(elsewhere)
+        data.resolve(elsewhere)
     assert f"rljax data generate brax/walker2d --kind random --out {elsewhere.parent}" in str(
         error.value
     )
     (tmp_path / "pendulum-medium.hdf5").write_bytes(b"")
-    assert gen.resolve_dataset("pendulum-medium") == tmp_path / "pendulum-medium.hdf5"
-    assert (
-        gen.resolve_dataset(tmp_path / "pendulum-medium.hdf5") == tmp_path / "pendulum-medium.hdf5"
-    )
+    assert data.resolve("pendulum-medium") == tmp_path / "pendulum-medium.hdf5"
+    assert data.resolve(tmp_path / "pendulum-medium.hdf5") == tmp_path / "pendulum-medium.hdf5"
 
 
 def test_unknown_names_list_what_exists():
-    with pytest.raises(gen.UnknownRecipe) as error:
-        gen.generate("CartPole-v1", "medium")
+    with pytest.raises(recipes.UnknownRecipe) as error:
+        gen.generate_dataset("CartPole-v1", "medium")
     for name in ("Pendulum-v1", "brax/hopper", "brax/halfcheetah", "brax/walker2d"):
         assert name in str(error.value)
     with pytest.raises(ValueError, match="medium-replay"):
-        gen.generate("Pendulum-v1", "med")
+        gen.generate_dataset("Pendulum-v1", "med")
     # Datasets store actions in [-1, 1]: an env in torque units is refused before training.
     raw = dataclasses.replace(TINY, env={"name": "Pendulum-v1"})
     with pytest.raises(ValueError, match="unit_actions=True"):
@@ -202,8 +201,9 @@ def test_unknown_names_list_what_exists():
 def test_recipes_build_and_divide_into_chunks():
     tags = [recipe.tag for recipe in gen.RECIPES.values()]
     assert len(set(tags)) == len(tags)
+    assert set(gen.RECIPES) == set(data.GENERATED_TAGS)  # every recipe's files have a name
     for recipe in gen.RECIPES.values():
-        config = config_lib.build(gen.agents.get(recipe.algo).Config, recipe.agent)
+        config = config_lib.make_config(agents.get(recipe.algo).Config, recipe.agent)
         assert config.num_updates % recipe.chunk_updates == 0
-        assert "normalize_obs" not in gen.data_env(recipe)
+        assert "normalize_obs" not in recipes.data_env(recipe)
     assert gen.RECIPES["Pendulum-v1"].env["unit_actions"] is True

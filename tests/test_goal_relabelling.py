@@ -1,11 +1,14 @@
-"""Goal relabelling: every goal-conditioned agent inlines the same ``trajectory_ends`` and
-``sample_goals``; each copy is checked here against a NumPy port of OGBench's
-``GCDataset.sample_goals`` (seohongpark/ogbench ``impls/utils/datasets.py``, after the
-"Fix goal sampler" commit) and against the mixture's exact probabilities, and all copies must be
-the same text, so they cannot drift apart."""
+"""Goal relabelling: every goal-conditioned agent inlines the same ``trajectory_ends``,
+``sample_goals`` and ``check`` (its goal mixtures sum to 1); each sampler is checked here against
+a NumPy port of OGBench's ``GCDataset.sample_goals`` (seohongpark/ogbench
+``impls/utils/datasets.py``, after the "Fix goal sampler" commit) and against the mixture's exact
+probabilities, and all copies must be the same text, so they cannot drift apart. ``update``
+samples its relabelled batch from the state's key exactly as the runner did."""
 
+import dataclasses
 import importlib
 import inspect
+import re
 from types import SimpleNamespace
 
 import jax
@@ -271,10 +274,67 @@ def test_rewards_and_masks_on_the_current_row(module, gc_negative):
     assert_frequency(success.sum(), np.full(4000, 0.5 + 0.25 / 30 + 0.25 / n))
 
 
+# --- The goal mixtures' rule ---
+
+
+def test_check_names_a_mixture_that_does_not_sum_to_1(module):
+    """check(config) passes the defaults and raises for either mixture off 1 (beyond float
+    rounding), naming its three fields and their sum; init calls it; traced values (a vmapped
+    sweep) are left to the runner, which checks each concrete member."""
+    module.check(module.Config())
+    module.check(module.Config(value_p_curgoal=0.1, value_p_trajgoal=0.2, value_p_randomgoal=0.7))
+    message = "value_p_curgoal + value_p_trajgoal + value_p_randomgoal = 1.1; they must sum to 1"
+    off = module.Config(value_p_curgoal=0.2, value_p_trajgoal=0.5, value_p_randomgoal=0.4)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.check(off)
+    message = "actor_p_curgoal + actor_p_trajgoal + actor_p_randomgoal = 0.9; they must sum to 1"
+    short = module.Config(actor_p_curgoal=0.0, actor_p_trajgoal=0.9, actor_p_randomgoal=0.0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.check(short)
+    module.check(short.replace(actor_p_trajgoal=jnp.float32(0.9) + jnp.float32(0.1)))
+    dataset = Dataset.from_arrays(
+        observations=np.zeros((4, 2)), actions=np.zeros((4, 2)), rewards=np.zeros(4),
+        terminals=np.zeros(4), timeouts=np.ones(4), next_observations=np.zeros((4, 2)),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.init(short, dataset, jax.random.PRNGKey(0))
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), short, short)
+    jax.vmap(module.check)(stacked)  # traced: nothing to read, nothing raised
+
+
+def test_update_samples_its_batch_from_the_state_key(module):
+    """update(config, dataset, state) is the runner's former step, bit for bit: split the
+    state's key, sample_batch with the second half, update_on_batch with the first kept (so
+    train, a scan of update, trains as the runner's chunks did). Eager: no compilation."""
+    lengths = [12, 7, 9]
+    final_of, _ = trajectories(lengths)
+    n = len(final_of)
+    rng = np.random.default_rng(8)
+    obs = rng.uniform(0, 1, (n, 2)).astype(np.float32)
+    dataset = Dataset.from_arrays(
+        observations=obs, actions=rng.uniform(-1, 1, (n, 2)), rewards=np.zeros(n),
+        terminals=np.zeros(n), timeouts=(np.arange(n) == final_of).astype(np.float32),
+        next_observations=np.roll(obs, -1, 0),
+    )  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    small = {"batch_size": 8, "hidden_sizes": (8,), "latent_dim": 8, "dim_per_component": 4,
+             "subgoal_steps": 3}  # fmt: skip
+    config = module.Config(**{k: v for k, v in small.items() if k in fields})
+    state = module.init(config, dataset, jax.random.PRNGKey(9))
+    rng, batch_key = jax.random.split(state.rng)
+    batch = module.sample_batch(config, dataset, batch_key)
+    want = module.update_on_batch(config, state.replace(rng=rng), batch)
+    got = module.update(config, dataset, state)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(got[0].step) == 1 and not np.array_equal(got[0].rng, state.rng)
+
+
 # --- The copies are one text ---
 
 
-@pytest.mark.parametrize("function", ["trajectory_ends", "sample_goals"])
+@pytest.mark.parametrize("function", ["trajectory_ends", "sample_goals", "check"])
 def test_inlined_copies_are_identical(module, function):
     """Each agent's copy is character for character the first agent's."""
     first = importlib.import_module(GOAL_SAMPLERS[0])

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from runs import checkpoint_leaves, quiet, tiny_spec
 
+from rljax import agents
 from rljax.agents import ppo
-from rljax.runner import run as run_lib
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.guard import Divergence, first_failures
-from rljax.runner.run import RunSpec, train
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
 
 def test_first_failures_names_every_bad_quantity_at_the_first_bad_update():
@@ -50,7 +51,7 @@ def test_divergence_of_every_member_stops_and_keeps_the_last_good_checkpoint(tmp
         return state, {**metrics, "loss": loss}
 
     agent = type("Agent", (), {**vars(ppo), "update": staticmethod(update_with_nan_from_update_5)})
-    monkeypatch.setattr(run_lib.agents, "get", lambda name: agent)
+    monkeypatch.setattr(agents, "get", lambda name: agent)
     with pytest.raises(
         Divergence, match=r"member 0 .*: loss is not finite at update 5; .*update 4"
     ):

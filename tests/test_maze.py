@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from rljax import data, envs
-from rljax.data import maze_datasets
 from rljax.envs import maze
 from rljax.envs.maze import GridMaze, MazeState, PointMaze
+from rljax.generate import mazes as maze_data
 
 LAYOUT_SHAPES = {"medium": (8, 8), "large": (9, 12), "giant": (12, 16)}
 
@@ -231,11 +231,11 @@ def check_rows(env, rows, episodes, steps):
 @pytest.mark.parametrize("kind", [PointMaze, GridMaze])
 def test_generators(kind):
     name = f"{kind.__name__}-medium"
-    env = maze_datasets.make_env(name)
+    env = maze_data.make_env(name)
     point = kind is PointMaze
     # navigate: goals on vertex cells, a new one (rarely the same cell) where one was reached
     steps = 201 if point else 21
-    rows = maze_datasets.generate(name, "navigate", num_episodes=6, episode_steps=steps, seed=3)
+    rows = maze_data.maze_rows(name, "navigate", num_episodes=6, episode_steps=steps, seed=3)
     obs, goals = check_rows(env, rows, 6, steps)
     assert np.isin(np.asarray(env.cell(goals)), env.vertex_cells).all()
     changed = (goals[:, 1:] != goals[:, :-1]).any(-1)
@@ -247,10 +247,10 @@ def test_generators(kind):
         assert np.abs(rows["actions"]).max() == 1.0  # noise 0.5 gets clipped
     else:
         assert rows["actions"].dtype == np.int32 and set(np.unique(rows["actions"])) <= {0, 1, 2, 3}
-    again = maze_datasets.generate(name, "navigate", num_episodes=6, episode_steps=steps, seed=3)
+    again = maze_data.maze_rows(name, "navigate", num_episodes=6, episode_steps=steps, seed=3)
     np.testing.assert_array_equal(again["actions"], rows["actions"])  # deterministic
     # stitch: one goal per trajectory, exactly 4 moves from the start cell, reached and kept
-    rows = maze_datasets.generate(name, "stitch", num_episodes=40, seed=0)
+    rows = maze_data.maze_rows(name, "stitch", num_episodes=40, seed=0)
     steps = 201 if point else 11
     obs, goals = check_rows(env, rows, 40, steps)
     assert (goals == goals[:, :1]).all()
@@ -259,19 +259,19 @@ def test_generators(kind):
     reached = np.asarray(env.success(obs, goals, env.default_params.goal_radius))
     assert reached.any(1).mean() > 0.9 and reached[:, -1].mean() > 0.6
     with pytest.raises(ValueError, match="unknown dataset kind"):
-        maze_datasets.generate(name, "explore")
+        maze_data.maze_rows(name, "explore")
     with pytest.raises(ValueError, match="unknown maze"):
-        maze_datasets.generate("antmaze-medium")
+        maze_data.maze_rows("antmaze-medium")
 
 
 def test_write_and_load_round_trip(tmp_path):
     # the training split is test_generators' grid stitch rows (same sizes, so no new compile)
-    paths = maze_datasets.write("rljax/GridMaze-medium", "stitch", tmp_path, num_episodes=40)
+    paths = maze_data.write("rljax/GridMaze-medium", "stitch", tmp_path, num_episodes=40)
     assert [p.name for p in paths] == [
         "gridmaze-medium-stitch-v0.npz",
         "gridmaze-medium-stitch-v0-val.npz",
     ]
-    raw = maze_datasets.generate("gridmaze-medium", "stitch", num_episodes=40)
+    raw = maze_data.maze_rows("gridmaze-medium", "stitch", num_episodes=40)
     train, meta = data.load_ogbench("gridmaze-medium-stitch-v0", dataset_dir=tmp_path)
     assert meta["env"] == "rljax/GridMaze-medium" and meta["kind"] == "stitch"
     assert (meta["episodes"], meta["steps"], meta["seed"], meta["noise"]) == (40, 11, 0, 0.25)

@@ -1,7 +1,10 @@
 """Offline agents (TD3+BC, IQL, BC): each loss on a hand-computed batch, the stop-gradients the
 papers rely on, delayed and ordered updates, observation normalization, jit/vmap agreement,
-deterministic training on a tiny dataset, named init errors, and learning from a Pendulum
-dataset."""
+deterministic training on a tiny dataset, named init errors, the offline contract (declared
+constants, update sampling its own batch, train as a scan of update, act from Params' action_dim)
+and learning from a Pendulum dataset."""
+
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from rljax import agents
 from rljax.agents import bc, iql, td3_bc
 from rljax.data import Dataset, episode_returns
 
@@ -111,7 +115,7 @@ def test_td3_bc_actor_and_targets_move_every_second_step():
     dataset = synthetic_dataset()
     state = td3_bc.init(config, dataset, jax.random.PRNGKey(2))
     batch = batch_of(dataset, 32)
-    update = jax.jit(td3_bc.update)
+    update = jax.jit(td3_bc.update_on_batch)
     first, _ = update(config, state, batch)
     assert_trees_close(first.params.actor, state.params.actor, rtol=0, atol=0)
     assert_trees_close(first.target_critic, state.target_critic, rtol=0, atol=0)
@@ -149,11 +153,11 @@ def test_td3_bc_update_agrees_under_jit_and_vmap():
     batch = batch_of(dataset, 32)
     configs = [td3_bc.Config(**TINY, alpha=a, actor_lr=lr) for a, lr in ((2.5, 3e-4), (1.0, 1e-3))]
     state = td3_bc.init(configs[0], dataset, jax.random.PRNGKey(3))
-    update = jax.jit(td3_bc.update)
+    update = jax.jit(td3_bc.update_on_batch)
     state, _ = update(configs[0], state, batch)  # the next step moves the actor too
     singles = [update(c, state, batch) for c in configs]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *configs)
-    swept = jax.vmap(td3_bc.update, in_axes=(0, None, None))(stacked, state, batch)
+    swept = jax.vmap(td3_bc.update_on_batch, in_axes=(0, None, None))(stacked, state, batch)
     for i, single in enumerate(singles):
         member = jax.tree.map(lambda x, i=i: x[i], swept)
         assert_trees_close(member, single, rtol=1e-5, atol=1e-6)
@@ -252,7 +256,7 @@ def test_iql_update_order_value_actor_critic_target():
     dataset = synthetic_dataset()
     state = iql.init(config, dataset, jax.random.PRNGKey(5))
     batch = batch_of(dataset, 32)
-    new, metrics = jax.jit(iql.update)(config, state, batch)
+    new, metrics = jax.jit(iql.update_on_batch)(config, state, batch)
     with_new_value = state.params.replace(value=new.params.value)
     expected_v, _ = iql.value_loss(
         state.params.value, state.params, state.target_critic, batch, config
@@ -296,9 +300,9 @@ def test_iql_update_agrees_under_jit_and_vmap():
     batch = batch_of(dataset, 32)
     configs = [iql.Config(**TINY, beta=b, expectile=e) for b, e in ((3.0, 0.7), (10.0, 0.9))]
     state = iql.init(configs[0], dataset, jax.random.PRNGKey(6))
-    singles = [jax.jit(iql.update)(c, state, batch) for c in configs]
+    singles = [jax.jit(iql.update_on_batch)(c, state, batch) for c in configs]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *configs)
-    swept = jax.vmap(iql.update, in_axes=(0, None, None))(stacked, state, batch)
+    swept = jax.vmap(iql.update_on_batch, in_axes=(0, None, None))(stacked, state, batch)
     for i, single in enumerate(singles):
         member = jax.tree.map(lambda x, i=i: x[i], swept)
         assert_trees_close(member, single, rtol=1e-5, atol=1e-6)
@@ -365,11 +369,11 @@ def test_bc_normalizes_observations_and_agrees_under_jit_and_vmap():
         bc.act(configs[0], state.params, dataset.observations, None), expected, atol=1e-5
     )
     batch = {k: getattr(dataset, k)[:32] for k in ("observations", "actions")}
-    singles = [jax.jit(bc.update)(c, state, batch) for c in configs]
+    singles = [jax.jit(bc.update_on_batch)(c, state, batch) for c in configs]
     loss = bc.bc_loss(state.params.actor, batch | {"observations": normalized[:32]}, configs[0])
     np.testing.assert_allclose(singles[0][1]["bc_loss"], loss, rtol=1e-5)
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *configs)
-    swept = jax.vmap(bc.update, in_axes=(0, None, None))(stacked, state, batch)
+    swept = jax.vmap(bc.update_on_batch, in_axes=(0, None, None))(stacked, state, batch)
     for i, single in enumerate(singles):
         member = jax.tree.map(lambda x, i=i: x[i], swept)
         assert_trees_close(member, single, rtol=1e-5, atol=1e-6)
@@ -394,6 +398,66 @@ def test_bc_init_names_bad_datasets():
     endless = synthetic_dataset().replace(terminals=jnp.zeros(64), timeouts=jnp.zeros(64))
     with pytest.raises(ValueError, match="frac=0.5"):
         bc.init(bc.Config(**TINY, frac=0.5), endless, jax.random.PRNGKey(0))
+
+
+# --- The offline contract ---
+
+AGENTS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
+
+
+@pytest.mark.parametrize("name", AGENTS)
+def test_declares_the_dataset_contract_in_order(name):
+    declared = agents.declaration(name)
+    assert (declared.learns_from, declared.goal_conditioned, declared.wraps_env) == (
+        agents.DATASET,
+        False,
+        False,
+    )
+    lines = [inspect.getsourcelines(getattr(AGENTS[name], n))[1] for n in agents.CONTRACT]
+    assert lines == sorted(lines), dict(zip(agents.CONTRACT, lines, strict=True))
+
+
+@pytest.mark.parametrize("name", AGENTS)
+def test_update_samples_its_own_batch_and_train_scans_it(name):
+    """update(config, dataset, state) is update_on_batch on sample_batch with a key split from
+    state.rng (the runner's step before the contract had it, so results did not move), and train
+    is init then a scan of update."""
+    agent = AGENTS[name]
+    dataset = synthetic_dataset()
+    config = agent.Config(**TINY, total_updates=3)
+    state = agent.init(config, dataset, jax.random.PRNGKey(9))
+    rng, key = jax.random.split(state.rng)
+    batch = agent.sample_batch(config, dataset, key)
+    by_hand = jax.jit(agent.update_on_batch)(config, state.replace(rng=rng), batch)
+    update = jax.jit(lambda s: agent.update(config, dataset, s))
+    assert_trees_close(update(state), by_hand, rtol=1e-6, atol=1e-7)
+    trained, metrics = jax.jit(lambda k: agent.train(config, dataset, k))(jax.random.PRNGKey(9))
+    for _ in range(3):
+        state, last = update(state)
+    assert int(trained.step) == 3 and all(v.shape[0] == 3 for v in metrics.values())
+    assert_trees_close(trained, state, rtol=1e-5, atol=1e-6)
+    assert_trees_close({k: v[-1] for k, v in metrics.items()}, last, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", AGENTS)
+def test_act_takes_the_action_dim_from_params(name):
+    """action_dim is a static field of Params (not a leaf a sweep would batch), and act works on
+    params stacked over seeds, as an evaluation vmapped over members runs it."""
+    agent = AGENTS[name]
+    dataset = synthetic_dataset(action_dim=3)
+    config = agent.Config(**TINY)
+    members = [agent.init(config, dataset, jax.random.PRNGKey(i)).params for i in range(2)]
+    assert members[0].action_dim == 3
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(members[0])]
+    assert not any("action_dim" in p for p in paths)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *members)
+    obs, key = dataset.observations[:5], jax.random.PRNGKey(1)
+    for deterministic in (True, False):
+        actions = jax.vmap(lambda p, d=deterministic: agent.act(config, p, obs, key, d))(stacked)
+        assert actions.shape == (2, 5, 3) and (jnp.abs(actions) <= 1).all()
+        np.testing.assert_allclose(
+            actions[1], agent.act(config, members[1], obs, key, deterministic), atol=1e-6
+        )
 
 
 # --- Learning from a Pendulum dataset ---

@@ -1,6 +1,10 @@
 """CQL: the importance-weighted logsumexp by hand (with and without importance sampling, its
 stop-gradients), the critic loss with its conservative term, the Lagrange multiplier, the
-squashed Gaussian's density, jit/vmap agreement, determinism and named init errors."""
+squashed Gaussian's density, jit/vmap agreement, determinism, named init errors and the offline
+contract (declared constants, update sampling its own batch, train as a scan of update, act from
+Params' action_dim)."""
+
+import inspect
 
 import distrax
 import jax
@@ -8,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rljax import agents
 from rljax.agents import cql
 from rljax.data import Dataset
 
@@ -158,9 +163,9 @@ def test_update_agrees_under_jit_and_vmap_over_configs():
     configs = [cql.Config(hidden_sizes=(8,), batch_size=16, cql_alpha=a) for a in (0.0, 5.0)]
     batch = {k: getattr(dataset, k)[:16] for k in cql.BATCH_KEYS}
     state = cql.init(configs[0], dataset, jax.random.PRNGKey(0))
-    jitted = [jax.jit(cql.update)(c, state, batch)[1]["critic_loss"] for c in configs]
+    jitted = [jax.jit(cql.update_on_batch)(c, state, batch)[1]["critic_loss"] for c in configs]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *configs)
-    vmapped = jax.vmap(cql.update, in_axes=(0, None, None))(stacked, state, batch)[1]
+    vmapped = jax.vmap(cql.update_on_batch, in_axes=(0, None, None))(stacked, state, batch)[1]
     np.testing.assert_allclose(vmapped["critic_loss"], jitted, rtol=1e-5)
     assert jitted[0] < jitted[1]  # the conservative term is positive here
 
@@ -197,3 +202,60 @@ def test_init_errors_are_named():
     images = dataset.replace(observations=jnp.zeros((64, 3, 2)))
     with pytest.raises(ValueError, match="vector observations"):
         cql.init(cql.Config(), images, jax.random.PRNGKey(0))
+
+
+def assert_trees_close(a, b, **tolerance):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, **tolerance)
+
+
+def test_declares_the_dataset_contract_in_order():
+    declared = agents.declaration("cql")
+    assert (declared.learns_from, declared.goal_conditioned, declared.wraps_env) == (
+        agents.DATASET,
+        False,
+        False,
+    )
+    lines = [inspect.getsourcelines(getattr(cql, n))[1] for n in agents.CONTRACT]
+    assert lines == sorted(lines), dict(zip(agents.CONTRACT, lines, strict=True))
+
+
+def test_update_samples_its_own_batch_and_train_scans_it():
+    """update(config, dataset, state) is update_on_batch on sample_batch with a key split from
+    state.rng (the runner's step before the contract had it, so results did not move), and train
+    is init then a scan of update."""
+    dataset = _dataset()
+    config = cql.Config(hidden_sizes=(8,), batch_size=16)
+    state = cql.init(config, dataset, jax.random.PRNGKey(9))
+    rng, key = jax.random.split(state.rng)
+    batch = cql.sample_batch(config, dataset, key)
+    by_hand = jax.jit(cql.update_on_batch)(config, state.replace(rng=rng), batch)
+    update = jax.jit(lambda s: cql.update(config, dataset, s))
+    assert_trees_close(update(state), by_hand, rtol=1e-6, atol=1e-7)
+    run = jax.jit(lambda k: cql.train(config, dataset, k, num_updates=3))
+    trained, metrics = run(jax.random.PRNGKey(9))
+    for _ in range(3):
+        state, last = update(state)
+    assert int(trained.update_step) == 3 and all(v.shape[0] == 3 for v in metrics.values())
+    assert_trees_close(trained, state, rtol=1e-5, atol=1e-6)
+    assert_trees_close({k: v[-1] for k, v in metrics.items()}, last, rtol=1e-5, atol=1e-6)
+
+
+def test_act_takes_the_action_dim_from_params():
+    """action_dim is a static field of Params (not a leaf a sweep would batch, nor read from the
+    actor's kernel), and act works on params stacked over seeds, as an evaluation vmapped over
+    members runs it."""
+    dataset = _dataset()
+    config = cql.Config(hidden_sizes=(8,), batch_size=16)
+    members = [cql.init(config, dataset, jax.random.PRNGKey(i)).params for i in range(2)]
+    assert members[0].action_dim == 2
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(members[0])]
+    assert not any("action_dim" in p for p in paths)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *members)
+    obs, key = dataset.observations[:5], jax.random.PRNGKey(1)
+    for deterministic in (True, False):
+        actions = jax.vmap(lambda p, d=deterministic: cql.act(config, p, obs, key, d))(stacked)
+        assert actions.shape == (2, 5, 2) and (jnp.abs(actions) <= 1).all()
+        np.testing.assert_allclose(
+            actions[1], cql.act(config, members[1], obs, key, deterministic), atol=1e-6
+        )

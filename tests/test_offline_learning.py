@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from runs import quiet
 
-from rljax.data import generate as gen
-from rljax.runner.run import RunSpec, train
+from rljax.generate import d4rl as gen
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
 AGENT = {"total_updates": 5000, "hidden_sizes": [64, 64]}
 

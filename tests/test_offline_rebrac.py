@@ -1,7 +1,10 @@
 """ReBRAC: the critic target with its behaviour penalty, the critic loss, the actor loss with its
 stop-gradient lambda (by hand, gradients included), the next-action sampler, the delayed actor
-and targets, jit/vmap agreement, determinism and named init errors."""
+and targets, jit/vmap agreement, determinism, named init errors and the offline contract
+(declared constants, update sampling its own batch, train as a scan of update, act from Params'
+action_dim)."""
 
+import inspect
 from types import SimpleNamespace
 
 import jax
@@ -9,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rljax import agents
 from rljax.agents import rebrac
 from rljax.data import Dataset
 
@@ -161,7 +165,7 @@ def test_actor_and_targets_move_every_policy_freq_steps():
     dataset = _dataset()
     state = rebrac.init(config, dataset, jax.random.PRNGKey(0))
     batch = rebrac.sample_batch(config, dataset, jax.random.PRNGKey(1))
-    step = jax.jit(lambda s: rebrac.update(config, s, batch))
+    step = jax.jit(lambda s: rebrac.update_on_batch(config, s, batch))
 
     def changed(a, b):
         leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
@@ -185,10 +189,10 @@ def test_update_agrees_under_jit_and_vmap_over_configs():
     ]
     batch = rebrac.sample_batch(configs[0], dataset, jax.random.PRNGKey(1))
     state = rebrac.init(configs[0], dataset, jax.random.PRNGKey(0))
-    jitted = [jax.jit(rebrac.update)(c, state, batch)[1]["critic_loss"] for c in configs]
-    eager = rebrac.update(configs[1], state, batch)[1]["critic_loss"]
+    jitted = [jax.jit(rebrac.update_on_batch)(c, state, batch)[1]["critic_loss"] for c in configs]
+    eager = rebrac.update_on_batch(configs[1], state, batch)[1]["critic_loss"]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *configs)
-    vmapped = jax.vmap(rebrac.update, in_axes=(0, None, None))(stacked, state, batch)[1]
+    vmapped = jax.vmap(rebrac.update_on_batch, in_axes=(0, None, None))(stacked, state, batch)[1]
     np.testing.assert_allclose(eager, jitted[1], rtol=1e-5)
     np.testing.assert_allclose(vmapped["critic_loss"], jitted, rtol=1e-5)
     assert jitted[0] != jitted[1]  # the penalty matters
@@ -223,3 +227,60 @@ def test_init_errors_are_named():
     images = dataset.replace(observations=jnp.zeros((64, 2, 2)))
     with pytest.raises(ValueError, match="vector observations"):
         rebrac.init(rebrac.Config(), images, jax.random.PRNGKey(0))
+
+
+def assert_trees_close(a, b, **tolerance):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, **tolerance)
+
+
+def test_declares_the_dataset_contract_in_order():
+    declared = agents.declaration("rebrac")
+    assert (declared.learns_from, declared.goal_conditioned, declared.wraps_env) == (
+        agents.DATASET,
+        False,
+        False,
+    )
+    lines = [inspect.getsourcelines(getattr(rebrac, n))[1] for n in agents.CONTRACT]
+    assert lines == sorted(lines), dict(zip(agents.CONTRACT, lines, strict=True))
+
+
+def test_update_samples_its_own_batch_and_train_scans_it():
+    """update(config, dataset, state) is update_on_batch on sample_batch with a key split from
+    state.rng (the runner's step before the contract had it, so results did not move), and train
+    is init then a scan of update."""
+    dataset = _dataset()
+    config = rebrac.Config(hidden_sizes=(8,), batch_size=16)
+    state = rebrac.init(config, dataset, jax.random.PRNGKey(9))
+    rng, key = jax.random.split(state.rng)
+    batch = rebrac.sample_batch(config, dataset, key)
+    by_hand = jax.jit(rebrac.update_on_batch)(config, state.replace(rng=rng), batch)
+    update = jax.jit(lambda s: rebrac.update(config, dataset, s))
+    assert_trees_close(update(state), by_hand, rtol=1e-6, atol=1e-7)
+    run = jax.jit(lambda k: rebrac.train(config, dataset, k, num_updates=3))
+    trained, metrics = run(jax.random.PRNGKey(9))
+    for _ in range(3):
+        state, last = update(state)
+    assert int(trained.update_step) == 3 and all(v.shape[0] == 3 for v in metrics.values())
+    assert_trees_close(trained, state, rtol=1e-5, atol=1e-6)
+    assert_trees_close({k: v[-1] for k, v in metrics.items()}, last, rtol=1e-5, atol=1e-6)
+
+
+def test_act_takes_the_action_dim_from_params():
+    """action_dim is a static field of Params (not a leaf a sweep would batch, nor read from the
+    actor's kernel), and act works on params stacked over seeds, as an evaluation vmapped over
+    members runs it."""
+    dataset = _dataset()
+    config = rebrac.Config(hidden_sizes=(8,), batch_size=16)
+    members = [rebrac.init(config, dataset, jax.random.PRNGKey(i)).params for i in range(2)]
+    assert members[0].action_dim == 1
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(members[0])]
+    assert not any("action_dim" in p for p in paths)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *members)
+    obs, key = dataset.observations[:5], jax.random.PRNGKey(1)
+    for deterministic in (True, False):
+        actions = jax.vmap(lambda p, d=deterministic: rebrac.act(config, p, obs, key, d))(stacked)
+        assert actions.shape == (2, 5, 1) and (jnp.abs(actions) <= 1).all()
+        np.testing.assert_allclose(
+            actions[1], rebrac.act(config, members[1], obs, key, deterministic), atol=1e-6
+        )

@@ -12,7 +12,9 @@ from rljax import cli
 from rljax.data import write_d4rl
 from rljax.envs import make as envs_make
 from rljax.runner.config import ConfigError
-from rljax.runner.run import RunSpec, build, train
+from rljax.runner.loop import train
+from rljax.runner.program import build_program
+from rljax.runner.spec import RunSpec, resolve_spec
 
 EPISODES, HORIZON = 6, 50
 TINY = {"hidden_sizes": [16, 16], "batch_size": 32, "total_updates": 8}
@@ -139,22 +141,32 @@ def test_offline_sweep_member_equals_its_single_run(dataset_path, tmp_path):
 
 def test_offline_and_online_inputs_are_checked(dataset_path):
     with pytest.raises(ConfigError, match="--dataset is for the offline agents.*td3_bc"):
-        build(RunSpec(algo="ppo", env={"name": "CartPole-v1"}, dataset=str(dataset_path)))
+        build_program(
+            resolve_spec(
+                RunSpec(algo="ppo", env={"name": "CartPole-v1"}, dataset=str(dataset_path))
+            )
+        )
     with pytest.raises(ConfigError, match="learns offline: pass --dataset"):
-        build(offline_spec(dataset_path, dataset=None))
+        build_program(resolve_spec(offline_spec(dataset_path, dataset=None)))
     with pytest.raises(ConfigError, match="eval_episodes=0"):
-        build(offline_spec(dataset_path, eval_episodes=0))
+        build_program(resolve_spec(offline_spec(dataset_path, eval_episodes=0)))
     with pytest.raises(
         ConfigError, match="hiql is goal-conditioned, but Pendulum-v1 sets no goals"
     ):
-        build(offline_spec(dataset_path, algo="hiql"))
+        build_program(resolve_spec(offline_spec(dataset_path, algo="hiql")))
     with pytest.raises(ConfigError, match="CartPole-v1 observes shape \\(4,\\)"):
-        build(offline_spec(dataset_path, env={"name": "CartPole-v1"}))
+        build_program(resolve_spec(offline_spec(dataset_path, env={"name": "CartPole-v1"})))
     with pytest.raises(ConfigError, match="set env.unit_actions=true"):
-        build(offline_spec(dataset_path, env={"name": "Pendulum-v1"}))
+        build_program(
+            resolve_spec(
+                offline_spec(dataset_path, env={"name": "Pendulum-v1", "unit_actions": False})
+            )
+        )
     sums = "value_p_curgoal \\+ value_p_trajgoal \\+ value_p_randomgoal = 1.4; they must sum"
     with pytest.raises(ConfigError, match=sums):
-        build(offline_spec(dataset_path, algo="hiql", agent={"value_p_curgoal": 0.6}))
+        build_program(
+            resolve_spec(offline_spec(dataset_path, algo="hiql", agent={"value_p_curgoal": 0.6}))
+        )
 
 
 def test_cli_evaluation_env_other_than_the_datasets_is_named(dataset_path, tmp_path, capsys):
@@ -212,7 +224,9 @@ def test_evaluation_runs_every_task_and_reads_the_goal_from_the_state():
     np.testing.assert_array_equal(batched.task_id, np.repeat(np.arange(1, 6), 3))
 
     def run(policy):
-        episodes = lambda key: evaluation.episode_returns(policy, env, batched, num_envs, key, axes)  # noqa: E731
+        def episodes(key):
+            return evaluation.first_episode_returns(policy, env, batched, num_envs, key, axes)
+
         return np.asarray(jax.jit(episodes)(jax.random.PRNGKey(0)))
 
     goal_seeking = run(lambda obs, state, key: oracle.oracle_action(obs, evaluation.goal_of(state)))

@@ -154,7 +154,7 @@ def test_act(env):
 
     params = perturb(params)
     obs = jax.random.uniform(jax.random.PRNGKey(2), (64, *env.observation_space(env_params).shape))
-    pi, _ = pdppo._network(config, env.action_space(env_params)).apply(params, obs)
+    pi, _ = pdppo._network(config, env.action_space(env_params)).apply(params.net, obs)
     key = jax.random.PRNGKey(3)
     act = jax.jit(pdppo.act, static_argnames="deterministic")
     action = act(config, params, obs, key, deterministic=True)

@@ -200,7 +200,7 @@ def test_act_deterministic_is_the_mode(env_name):
     leaves = [x + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
     params = jax.tree.unflatten(treedef, leaves)
     obs = jax.random.normal(jax.random.PRNGKey(2), (64, *env.observation_space(env_params).shape))
-    pi, _ = ppo._network(config, env.action_space(env_params)).apply(params, obs)
+    pi, _ = ppo._network(config, env.action_space(env_params)).apply(params.net, obs)
     key = jax.random.PRNGKey(3)
 
     action = ppo.act(config, params, obs, key, deterministic=True)
@@ -253,6 +253,6 @@ def test_ppo_learns_pendulum():
     > -400 within its 2e5 steps."""
     preset = yaml.safe_load((REPO / "configs" / "ppo" / "pendulum.yaml").read_text())
     env, env_params = envs.make(**preset["env"])
-    config = config_lib.build(ppo.Config, preset["agent"])
+    config = config_lib.make_config(ppo.Config, preset["agent"])
     returns = final_returns(config, env, env_params, num_seeds=4, last=10)
     assert returns.mean() > -400, returns

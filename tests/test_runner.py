@@ -14,24 +14,28 @@ from rljax import envs, load_policy
 from rljax.agents import ppo
 from rljax.runner import config as config_lib
 from rljax.runner.checkpoint import Checkpoints
-from rljax.runner.run import RunDirectoryExists, RunSpec, build, train
+from rljax.runner.loop import train
+from rljax.runner.program import build_program
 from rljax.runner.sinks import CsvLog, read_tables
+from rljax.runner.spec import RunDirectoryExists, RunSpec, resolve_spec
 
 
 def test_build_coerces_and_validates_fields():
     """Strings from the command line become typed values; bad ones name field and range."""
-    config = config_lib.build(ppo.Config, {"lr": "1e-3", "num_envs": "8", "anneal_lr": "false"})
+    config = config_lib.make_config(
+        ppo.Config, {"lr": "1e-3", "num_envs": "8", "anneal_lr": "false"}
+    )
     assert (config.lr, config.num_envs, config.anneal_lr) == (1e-3, 8, False)
     with pytest.raises(config_lib.UnknownField, match="'lrr'.*its fields: num_envs"):
-        config_lib.build(ppo.Config, {"lrr": 1})
+        config_lib.make_config(ppo.Config, {"lrr": 1})
     with pytest.raises(config_lib.FieldOutOfRange, match=r"gamma=1.5 .* \[0, 1\]"):
-        config_lib.build(ppo.Config, {"gamma": "1.5"})
+        config_lib.make_config(ppo.Config, {"gamma": "1.5"})
     with pytest.raises(config_lib.FieldOutOfRange, match=r"lr=0.0 .* \(0, inf\)"):
-        config_lib.build(ppo.Config, {"lr": 0})
+        config_lib.make_config(ppo.Config, {"lr": 0})
     with pytest.raises(config_lib.FieldOutOfRange, match="activation='gelu'.*tanh"):
-        config_lib.build(ppo.Config, {"activation": "gelu"})
+        config_lib.make_config(ppo.Config, {"activation": "gelu"})
     with pytest.raises(config_lib.FieldOutOfRange, match="num_envs=2.5 is not a valid int"):
-        config_lib.build(ppo.Config, {"num_envs": "2.5"})
+        config_lib.make_config(ppo.Config, {"num_envs": "2.5"})
 
 
 def test_sweeping_a_static_field_is_refused():
@@ -145,14 +149,14 @@ def test_load_policy_applies_the_saved_normalization(tmp_path):
     assert not np.allclose(moments.mean, 0.0)  # statistics were learned
     params = jax.tree.map(lambda x: x[0], state.params)
     expected = ppo.act(program.base, params, normalize(raw, moments), None, deterministic=True)
-    np.testing.assert_allclose(action, expected, rtol=1e-6)
+    np.testing.assert_allclose(action, np.clip(expected, -2.0, 2.0), rtol=1e-6)  # Pendulum's box
 
 
 def test_evaluate_reports_raw_returns(tmp_path):
-    from rljax import evaluate
+    from rljax import evaluate_run
 
     train(tiny_spec(seeds=2), tmp_path / "run", print_fn=quiet)
-    returns, program, step = evaluate(tmp_path / "run", episodes=4)
+    returns, program, step = evaluate_run(tmp_path / "run", episodes=4)
     returns = np.asarray(returns)
     assert returns.shape == (2, 4) and step == 8
     assert np.all(returns >= 8) and np.all(returns <= 500)  # CartPole returns count steps
@@ -163,11 +167,13 @@ def test_sharded_sweep_on_fake_devices_equals_one_device(tmp_path):
     script = textwrap.dedent(
         f"""
         import jax
-        from rljax.runner.run import RunSpec, build, train
+        from rljax.runner.loop import train
+        from rljax.runner.program import build_program
+        from rljax.runner.spec import RunSpec
         spec = RunSpec(algo="ppo", env={{"name": "CartPole-v1"}}, agent={TINY!r},
                        grid={{"lr": [1e-4, 1e-3]}}, seeds=2, chunk_updates=4)
         assert len(jax.devices()) == 4, jax.devices()
-        assert len(build(spec).sharding.mesh.devices) == 4
+        assert len(build_program(spec).sharding.mesh.devices) == 4
         train(spec, {str(tmp_path / "sharded")!r}, print_fn=lambda *_: None)
         """
     )
@@ -184,4 +190,4 @@ def test_sharded_sweep_on_fake_devices_equals_one_device(tmp_path):
 
 def test_make_rejects_unknown_environments_by_listing_known_ones():
     with pytest.raises(envs.UnknownEnvironment, match="(?s)CartPole-v1.*brax/hopper"):
-        build(tiny_spec(env={"name": "CartPol-v1"}))
+        build_program(resolve_spec(tiny_spec(env={"name": "CartPol-v1"})))

@@ -11,7 +11,8 @@ from runs import checkpoint_leaves, quiet
 
 from rljax import cli, envs
 from rljax.agents import dsac_t, sac
-from rljax.runner.run import RunSpec, train
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
 AGENTS = [sac, dsac_t]
 # Small enough for a 2-core CPU; learning rates raised to match the smaller networks.

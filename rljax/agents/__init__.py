@@ -1,31 +1,57 @@
-"""The agents, one self-contained file each, found by name.
+"""The agents, one self-contained file each, and the contract they declare.
 
-Besides its five public names (Config, init, update, train, act), the runner relies on:
-``Config.total_timesteps`` (a static field it sets from --total-steps), the properties
-``Config.steps_per_update`` and ``Config.num_updates``, ``TrainState.params`` (what ``act``
-takes, and what the divergence guard checks), and, for online agents, ``TrainState.env_state``
-(where saved observation normalization is found). Metrics named ``episode_*`` may be NaN;
-every other metric must stay finite.
+Every agent file has five public names, in this order: ``Config``, ``init``, ``update``,
+``train``, ``act``. What an agent learns from, and whether it acts towards a goal, it declares
+with module constants, never found out by ``hasattr`` or ``inspect``:
 
-Offline agents learn from a dataset: ``init(config, dataset, rng)``, ``update(config, state,
-batch)`` for one gradient step, and a sixth name, ``sample_batch(config, dataset, rng)``, that
-draws the batch inside jit (the dataset is closed over, so it may be read on the host while
-tracing). Their Config has a static ``total_updates`` (set from --total-steps) instead of
-``total_timesteps``, and ``TrainState.rng``. Goal-conditioned agents are offline agents whose
-``act(config, params, obs, goal, rng, deterministic)`` also takes the goal.
+    LEARNS_FROM = "env"          # ENV, DATASET (or, reserved for the families to come,
+                                 # DATASET_THEN_ENV and MODEL_THEN_DATASET)
+    GOAL_CONDITIONED = False     # act(config, params, obs, goal, rng, deterministic)
+    WRAPS_ENV = False            # wrap_env(config, env, env_params, params=None) changes the env
 
-Optionally, ``wrap_env(config, env, env_params, params=None) -> (env, env_params)`` changes the
-env an agent sees (stock_dqn appends its stock to the observation, since ``act`` is
-stateless). The runner applies it to the env it builds, with the first config (so it may read
-static fields only) and no params, and in evaluation, per member, with the member's config and
-trained params. ``init`` and ``update`` receive the wrapped env; users outside the runner wrap
-it themselves.
+The signatures, per source (the Protocols below spell them out):
+
+* ``ENV``: ``init(config, env, env_params, rng)``, ``update(config, env, env_params, state)``
+  for one iteration (a rollout and its gradient steps), ``train(config, env, env_params, rng,
+  num_updates=None)``. ``Config.total_timesteps`` is the static budget in env steps, and
+  ``Config.num_updates`` / ``Config.steps_per_update`` turn it into iterations.
+* ``DATASET``: ``init(config, dataset, rng)``, ``update(config, dataset, state)`` for one
+  gradient step on a batch it samples inside jit from ``state.rng``, ``train(config, dataset,
+  rng, num_updates=None)``, and ``update_on_batch(config, state, batch)``, the step on a given
+  batch that ``update`` wraps (public for hand-computed tests). ``Config.total_updates`` is the
+  static budget in gradient steps. The dataset (an ``rljax.data.Dataset``) is closed over, not
+  carried in the state, so vmapped members share one copy.
+* ``DATASET_THEN_ENV`` (offline-to-online fine-tuning) and ``MODEL_THEN_DATASET`` (a dynamics
+  model fitted first, then a policy on the data and the model's rollouts) are named here so
+  their families have a place to declare themselves; the runner refuses them until it has
+  their phase.
+
+For every source ``train`` is ``init`` and then a ``lax.scan`` of ``update``, which is exactly
+what the runner's jitted chunk runs. ``TrainState.params`` is all that ``act`` needs: it holds
+the static facts of the action space (number or dimension of actions, discreteness, bounds)
+beside the network weights, so no ``act`` reads the layout of its parameter tree. Continuous
+actions come out in the units the agent was trained in: the env's own for online agents, and
+[-1, 1] (the D4RL convention) for dataset agents; ``rljax.load_policy`` maps them to the env's
+units. Metrics named ``episode_*`` may be NaN; every other metric must stay finite.
+
+A ``Config`` is a ``flax.struct.dataclass``: shape-like fields static, numbers traced, each field
+with ``bounds`` or ``choices`` metadata. An agent may define ``check(config)`` for rules across
+fields, which the runner calls on each concrete config before stacking them.
 """
 
+import dataclasses
 import importlib
 from types import ModuleType
+from typing import Any, Protocol
 
-# Algorithm name -> module. Each module exposes Config, init, update, train and act.
+ENV = "env"
+DATASET = "dataset"
+DATASET_THEN_ENV = "dataset_then_env"
+MODEL_THEN_DATASET = "model_then_dataset"
+SOURCES = (ENV, DATASET, DATASET_THEN_ENV, MODEL_THEN_DATASET)
+CONTRACT = ("Config", "init", "update", "train", "act")
+
+# Algorithm name -> module.
 ALGORITHMS = {
     "ppo": "rljax.agents.ppo",
     "pdppo": "rljax.agents.pdppo",
@@ -52,8 +78,62 @@ ALGORITHMS = {
 }
 
 
+class EnvAgent(Protocol):
+    """An agent with ``LEARNS_FROM = ENV``."""
+
+    Config: type
+
+    def init(self, config, env, env_params, rng) -> Any: ...
+    def update(self, config, env, env_params, state) -> tuple[Any, dict]: ...
+    def train(self, config, env, env_params, rng, num_updates=None) -> tuple[Any, dict]: ...
+    def act(self, config, params, obs, rng, deterministic=False) -> Any: ...
+
+
+class DatasetAgent(Protocol):
+    """An agent with ``LEARNS_FROM = DATASET``; a goal-conditioned one's ``act`` takes the goal
+    after ``obs``."""
+
+    Config: type
+
+    def init(self, config, dataset, rng) -> Any: ...
+    def update(self, config, dataset, state) -> tuple[Any, dict]: ...
+    def update_on_batch(self, config, state, batch) -> tuple[Any, dict]: ...
+    def train(self, config, dataset, rng, num_updates=None) -> tuple[Any, dict]: ...
+    def act(self, config, params, obs, rng, deterministic=False) -> Any: ...
+
+
 class UnknownAlgorithm(ValueError):
     """Raised by get() with the list of algorithm names it knows."""
+
+
+class ContractError(TypeError):
+    """An agent module that does not declare what the contract asks of it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Declaration:
+    """What an agent module declares: the one place the library looks its capabilities up."""
+
+    name: str
+    module: ModuleType
+    learns_from: str
+    goal_conditioned: bool
+    wraps_env: bool
+
+    @property
+    def from_dataset(self) -> bool:
+        return self.learns_from == DATASET
+
+    @property
+    def budget_field(self) -> str:
+        """The static Config field that sets the training length: env steps or gradient steps."""
+        return "total_updates" if self.from_dataset else "total_timesteps"
+
+    def check(self, config) -> None:
+        """The agent's own cross-field rules, on a concrete config (if it has any)."""
+        check = getattr(self.module, "check", None)
+        if check is not None:
+            check(config)
 
 
 def get(name: str) -> ModuleType:
@@ -62,3 +142,28 @@ def get(name: str) -> ModuleType:
             f"unknown algorithm {name!r}; known algorithms: {', '.join(sorted(ALGORITHMS))}"
         )
     return importlib.import_module(ALGORITHMS[name])
+
+
+def declaration(name: str) -> Declaration:
+    """The declared contract of algorithm ``name``; ContractError if it declares it badly."""
+    module = get(name)
+    missing = [n for n in (*CONTRACT, "LEARNS_FROM", "GOAL_CONDITIONED", "WRAPS_ENV")
+               if not hasattr(module, n)]  # fmt: skip
+    if missing:
+        raise ContractError(f"{module.__name__} does not declare {', '.join(missing)}")
+    if module.LEARNS_FROM not in SOURCES:
+        raise ContractError(
+            f"{module.__name__}.LEARNS_FROM={module.LEARNS_FROM!r}; choose one of {SOURCES}"
+        )
+    if module.LEARNS_FROM == DATASET and not hasattr(module, "update_on_batch"):
+        raise ContractError(f"{module.__name__} learns from a dataset but has no update_on_batch")
+    if module.WRAPS_ENV and not hasattr(module, "wrap_env"):
+        raise ContractError(f"{module.__name__}.WRAPS_ENV is set but it has no wrap_env")
+    return Declaration(
+        name, module, module.LEARNS_FROM, bool(module.GOAL_CONDITIONED), bool(module.WRAPS_ENV)
+    )
+
+
+def names(learns_from: str | None = None) -> list[str]:
+    """Algorithm names, all or those that learn from ``learns_from``."""
+    return sorted(n for n in ALGORITHMS if learns_from in (None, declaration(n).learns_from))

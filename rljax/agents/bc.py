@@ -20,6 +20,10 @@ import numpy as np
 import optax
 from flax import struct
 
+LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = False
+
 
 def _field(default, *, static=False, bounds=None, choices=None):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
@@ -92,8 +96,8 @@ def best_episode_rows(dataset, frac: float) -> np.ndarray:
 
 
 def sample_batch(config: Config, dataset, rng: jax.Array) -> dict:
-    """Uniform with replacement over the kept episodes' rows, as the dict ``update`` takes.
-    The rows are chosen on the host when traced: close over the dataset."""
+    """Uniform with replacement over the kept episodes' rows, as the dict ``update_on_batch``
+    takes. The rows are chosen on the host when traced: close over the dataset."""
     rows = jnp.asarray(best_episode_rows(dataset, config.frac), jnp.int32)
     idx = rows[jax.random.randint(rng, (config.batch_size,), 0, rows.shape[0])]
     return {k: getattr(dataset, k)[idx] for k in ("observations", "actions")}
@@ -158,7 +162,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     )
 
 
-def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One gradient step on a batch of raw (unnormalized) observations and actions."""
     params = state.params
     batch = batch | {"observations": _normalize(params, batch["observations"])}
@@ -169,18 +173,18 @@ def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, 
     return state, {"bc_loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
+def update(config: Config, dataset, state: TrainState) -> tuple[TrainState, dict]:
+    """One gradient step on a batch sampled inside jit."""
+    rng, batch_key = jax.random.split(state.rng)
+    return update_on_batch(config, state.replace(rng=rng), sample_batch(config, dataset, batch_key))
+
+
 def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
     """init, then num_updates (default: total_updates) gradient steps on uniform batches of the
     kept episodes' rows. The dataset is closed over, not carried in the state."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-
-    def step(state, _):
-        rng, batch_key = jax.random.split(state.rng)
-        batch = sample_batch(config, dataset, batch_key)
-        return update(config, state.replace(rng=rng), batch)
-
-    return jax.lax.scan(step, state, None, num_updates)
+    return jax.lax.scan(lambda state, _: update(config, dataset, state), state, None, num_updates)
 
 
 def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic=False):

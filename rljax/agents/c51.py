@@ -25,6 +25,10 @@ import numpy as np
 import optax
 from flax import struct
 
+LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = False
+
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 
@@ -91,9 +95,17 @@ class Buffer:
 
 
 @struct.dataclass
+class Params:
+    """The weights, and the facts of the action space that act() needs without an env."""
+
+    net: Any  # the QNetwork's weights
+    action_dim: int = struct.field(pytree_node=False)  # the number of actions
+
+
+@struct.dataclass
 class TrainState:
-    params: Any
-    target_params: Any
+    params: Params
+    target_params: Any  # theta^-, weights like params.net
     opt_state: Any
     buffer: Buffer
     env_state: Any
@@ -212,6 +224,15 @@ def categorical_q_loss(logits_tm1, a_tm1, r_t, discount_t, logits_t, z):
 # --- The contract ---
 
 
+def check(config: Config) -> None:
+    """The rules across Config fields; the runner calls it on each concrete config."""
+    if config.buffer_size < config.steps_per_update:
+        raise ValueError(
+            f"buffer_size={config.buffer_size} must hold one iteration's "
+            f"num_envs * num_steps = {config.steps_per_update} transitions"
+        )
+
+
 def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
     obs_shape = env.observation_space(env_params).shape
     action_space = env.action_space(env_params)
@@ -222,20 +243,17 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"C51's MLP takes vector observations, got shape {obs_shape}; flatten them "
             "(rljax.envs.make(name, flatten_obs=True), or gymnax's FlattenObservationWrapper)"
         )
-    if config.buffer_size < config.steps_per_update:
-        raise ValueError(
-            f"buffer_size={config.buffer_size} must hold one iteration's "
-            f"num_envs * num_steps = {config.steps_per_update} transitions"
-        )
+    check(config)
     rng, net_key, env_key = jax.random.split(rng, 3)
-    params = _network(config, action_space.n).init(net_key, jnp.zeros(obs_shape))
-    opt_state = _optimizer(config).init(params)
+    net = _network(config, action_space.n).init(net_key, jnp.zeros(obs_shape))
+    params = Params(net, int(action_space.n))
+    opt_state = _optimizer(config).init(net)
     reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
     obs, env_state = reset(jax.random.split(env_key, config.num_envs), env_params)
     example = Transition(obs[0], jnp.int32(0), jnp.float32(0), obs[0], jnp.bool_(False))
     buffer = buffer_init(config.buffer_size, example)
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(params, params, opt_state, buffer, env_state, obs, rng, zero, zero)
+    return TrainState(params, net, opt_state, buffer, env_state, obs, rng, zero, zero)
 
 
 def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainState, dict]:
@@ -250,7 +268,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         env_state, obs, rng = carry
         rng, action_key, step_key = jax.random.split(rng, 3)
         epsilon = _epsilon(config, (state.update_step * config.num_steps + t) * config.num_envs)
-        q = _q_values(network.apply(state.params, obs), support)
+        q = _q_values(network.apply(state.params.net, obs), support)
         action = _epsilon_greedy(action_key, q, epsilon)
         step_keys = jax.random.split(step_key, config.num_envs)
         next_obs, env_state, reward, terminated, truncated, info = step(
@@ -306,12 +324,12 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     rng, sample_key = jax.random.split(rng)
     (params, target_params, opt_state, gradient_step_count), losses = jax.lax.scan(
         gradient_step,
-        (state.params, state.target_params, state.opt_state, state.gradient_step),
+        (state.params.net, state.target_params, state.opt_state, state.gradient_step),
         jax.random.split(sample_key, config.updates_per_iteration),
     )
 
     state = TrainState(
-        params, target_params, opt_state, buffer, env_state, obs, rng,
+        state.params.replace(net=params), target_params, opt_state, buffer, env_state, obs, rng,
         state.update_step + 1, gradient_step_count,
     )  # fmt: skip
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(info)}
@@ -325,11 +343,13 @@ def train(config: Config, env, env_params, rng: jax.Array, num_updates: int | No
     return jax.lax.scan(lambda s, _: update(config, env, env_params, s), state, None, num_updates)
 
 
-def act(config: Config, params, obs: jax.Array, rng: jax.Array, deterministic: bool = False):
+def act(
+    config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic: bool = False
+):
     """Greedy in the mean of Z when deterministic; otherwise epsilon-greedy with end_e, the
     exploration rate that training ends with (the papers evaluate with a small epsilon)."""
-    num_actions = params["params"]["head"]["kernel"].shape[-1] // config.num_atoms
-    q = _q_values(_network(config, num_actions).apply(params, obs), _support(config))
+    logits = _network(config, params.action_dim).apply(params.net, obs)
+    q = _q_values(logits, _support(config))
     return jnp.argmax(q, -1) if deterministic else _epsilon_greedy(rng, q, config.end_e)
 
 

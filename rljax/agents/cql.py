@@ -35,6 +35,10 @@ import numpy as np
 import optax
 from flax import struct
 
+LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = False
+
 OBS_EPS = 1e-3
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 BATCH_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations")
@@ -80,6 +84,7 @@ class Params:
     log_alpha_prime: jax.Array  # the Lagrange multiplier's log (unused without cql_lagrange)
     obs_mean: jax.Array
     obs_std: jax.Array
+    action_dim: int = struct.field(pytree_node=False, default=1)
 
 
 @struct.dataclass
@@ -170,7 +175,7 @@ def sample_action(mean, log_std, rng):
 
 
 def sample_batch(config: Config, dataset, rng: jax.Array) -> dict:
-    """Rows drawn uniformly with replacement, as the dict ``update`` takes."""
+    """Rows drawn uniformly with replacement, as the dict ``update_on_batch`` takes."""
     idx = jax.random.randint(rng, (config.batch_size,), 0, dataset.rewards.shape[0])
     return {k: getattr(dataset, k)[idx] for k in BATCH_KEYS}
 
@@ -230,7 +235,7 @@ def alpha_prime_loss(log_alpha_prime, gap, config):
 
 
 def actor_loss(actor_params, params: Params, obs, rng, config):
-    actor, critic = _networks(config, _action_dim(params))
+    actor, critic = _networks(config, params.action_dim)
     mean, log_std = actor.apply(actor_params, obs)
     action, log_prob = sample_action(mean, log_std, rng)
     q = critic.apply(params.critic, obs, action).min(0)
@@ -240,10 +245,6 @@ def actor_loss(actor_params, params: Params, obs, rng, config):
 
 def alpha_loss(log_alpha, log_prob, target_entropy):
     return -(log_alpha * (jax.lax.stop_gradient(log_prob) + target_entropy)).mean()
-
-
-def _action_dim(params: Params) -> int:
-    return params.actor["params"]["out"]["kernel"].shape[-1] // 2
 
 
 # --- The contract ---
@@ -275,6 +276,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
         log_alpha_prime=jnp.asarray(config.init_log_alpha_prime, jnp.float32),
         obs_mean=jnp.asarray(mean, jnp.float32),
         obs_std=jnp.asarray(std, jnp.float32),
+        action_dim=actions.shape[1],
     )
     return TrainState(
         params=params,
@@ -288,10 +290,10 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     )
 
 
-def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One gradient step of the actor, the temperature, the critics (and alpha')."""
     params = state.params
-    action_dim = _action_dim(params)
+    action_dim = params.action_dim
     actor, critic = _networks(config, action_dim)
     obs = normalize(params, batch["observations"])
     next_obs = normalize(params, batch["next_observations"])
@@ -382,21 +384,21 @@ def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, 
     return state, metrics
 
 
+def update(config: Config, dataset, state: TrainState) -> tuple[TrainState, dict]:
+    """One gradient step on a batch sampled inside jit."""
+    rng, batch_key = jax.random.split(state.rng)
+    return update_on_batch(config, state.replace(rng=rng), sample_batch(config, dataset, batch_key))
+
+
 def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
     """init, then num_updates (default: total_updates) updates on uniform batches."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-
-    def step(state: TrainState, _):
-        rng, sample_key = jax.random.split(state.rng)
-        batch = sample_batch(config, dataset, sample_key)
-        return update(config, state.replace(rng=rng), batch)
-
-    return jax.lax.scan(step, state, None, num_updates)
+    return jax.lax.scan(lambda state, _: update(config, dataset, state), state, None, num_updates)
 
 
 def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic=False):
-    actor, _ = _networks(config, _action_dim(params))
+    actor, _ = _networks(config, params.action_dim)
     mean, log_std = actor.apply(params.actor, normalize(params, obs))
     if deterministic:
         return jnp.tanh(mean)
@@ -453,7 +455,9 @@ if __name__ == "__main__":
         next_observations: jax.Array
 
     obs, actions, rewards, next_obs, timeouts = rollouts(jax.random.PRNGKey(0))
-    dataset = Data(obs, actions, rewards, np.zeros_like(rewards), timeouts, next_obs)
+    # Device arrays: sample_batch indexes them with traced row numbers (numpy cannot).
+    columns = (obs, actions, rewards, np.zeros_like(rewards), timeouts, next_obs)
+    dataset = Data(*(jnp.asarray(x) for x in columns))
     print(f"dataset: {len(rewards)} transitions, mean episode return {rewards.sum() / 20:.1f}")
 
     def evaluate(params, rng, num_episodes=10):

@@ -19,7 +19,7 @@ const_std) on [s; g]; actions are the mean (deterministic) or a sample, clipped 
 Continuous actions only: DDPG+BC needs a differentiable action.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -27,6 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+
+LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = True
+WRAPS_ENV = False
 
 
 def _field(default, *, static=False, bounds=None, choices=None):
@@ -66,6 +70,7 @@ class Params:
     critic: Any  # both bilinear critics, stacked on a leading axis of 2
     actor: Any
     action_dim: int = struct.field(pytree_node=False, default=1)
+    discrete: bool = struct.field(pytree_node=False, default=False)  # continuous only (DDPG+BC)
 
 
 @struct.dataclass
@@ -146,10 +151,17 @@ class Actor(nn.Module):
         return nn.Dense(self.action_dim, kernel_init=init)(x)
 
 
-def _networks(config: Config, action_dim: int) -> tuple[BilinearCritic, Actor]:
+class Networks(NamedTuple):
+    critic: BilinearCritic
+    actor: Actor
+
+
+def _networks(config: Config, action_dim: int) -> Networks:
     hidden = tuple(config.hidden_sizes)
-    critic = BilinearCritic(hidden, config.latent_dim, config.layer_norm)
-    return critic, Actor(action_dim, hidden)
+    return Networks(
+        critic=BilinearCritic(hidden, config.latent_dim, config.layer_norm),
+        actor=Actor(action_dim, hidden),
+    )
 
 
 def unit_gaussian_log_prob(mean, action):
@@ -235,8 +247,7 @@ def ddpg_bc_loss(q, log_prob, alpha):
 
 def critic_loss(params: Params, batch: dict, config: Config):
     """Binary NCE over each critic's B x B logits; value goals are the positives."""
-    critic, _ = _networks(config, params.action_dim)
-    phi, psi = critic.apply(
+    phi, psi = _networks(config, params.action_dim).critic.apply(
         params.critic, batch["observations"], batch["actions"], batch["value_goals"]
     )  # (2, B, latent_dim) each
     logits = jnp.einsum("eik,ejk->eij", phi, psi) / jnp.sqrt(config.latent_dim)
@@ -254,14 +265,14 @@ def critic_loss(params: Params, batch: dict, config: Config):
 
 def critic_values(config: Config, critic_params, obs, action, goal):
     """f_e(s, a, g) for both critics, (2, ...): the diagonal of the NCE logits."""
-    critic, _ = _networks(config, action.shape[-1])
+    critic = _networks(config, action.shape[-1]).critic
     phi, psi = critic.apply(critic_params, obs, action, goal)
     return (phi * psi).sum(-1) / jnp.sqrt(config.latent_dim)
 
 
 def actor_loss(params: Params, batch: dict, config: Config):
     """DDPG+BC on the smaller critic at the actor's clipped mean (critics fixed)."""
-    _, actor = _networks(config, params.action_dim)
+    actor = _networks(config, params.action_dim).actor
     mean = actor.apply(params.actor, batch["observations"], batch["actor_goals"])
     q = critic_values(
         config, jax.lax.stop_gradient(params.critic), batch["observations"],
@@ -289,19 +300,17 @@ def total_loss(params: Params, batch: dict, config: Config):
 # --- The contract ---
 
 
-def _check_goal_probabilities(config: Config) -> None:
+def check(config: Config) -> None:
+    """The rule across fields: each goal mixture's probabilities sum to 1. Traced values (init
+    under jit, vmap or lax.map) are skipped; the runner calls this on every concrete config."""
     for who in ("value", "actor"):
         names = [f"{who}_p_{kind}goal" for kind in ("cur", "traj", "random")]
         values = [getattr(config, name) for name in names]
         if any(isinstance(v, jax.core.Tracer) for v in values):
-            continue  # traced (a vmapped sweep): the runner checked each member's bounds
-        if not np.allclose(sum(np.asarray(v, np.float64) for v in values), 1.0, atol=1e-6):
-            raise ValueError(
-                f"{', '.join(names)} must sum to 1, got "
-                + ", ".join(
-                    f"{n}={np.asarray(v).tolist()}" for n, v in zip(names, values, strict=True)
-                )
-            )
+            continue
+        total = sum(float(v) for v in values)
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"{' + '.join(names)} = {total:.6g}; they must sum to 1")
 
 
 def _check_dataset(dataset) -> None:
@@ -331,16 +340,16 @@ def _check_dataset(dataset) -> None:
 def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     """Both critics, the actor and one Adam state for ``dataset`` (an rljax Dataset, closed over
     rather than traced)."""
+    check(config)
     _check_dataset(dataset)
-    _check_goal_probabilities(config)
     trajectory_ends(dataset)  # fail here, not inside the first jitted update
     critic_key, actor_key, rng = jax.random.split(rng, 3)
     obs_dim, action_dim = dataset.observations.shape[-1], dataset.actions.shape[-1]
-    critic, actor = _networks(config, action_dim)
+    net = _networks(config, action_dim)
     obs = jnp.zeros(obs_dim)
     params = Params(
-        critic=critic.init(critic_key, obs, jnp.zeros(action_dim), obs),
-        actor=actor.init(actor_key, obs, obs),
+        critic=net.critic.init(critic_key, obs, jnp.zeros(action_dim), obs),
+        actor=net.actor.init(actor_key, obs, obs),
         action_dim=action_dim,
     )
     return TrainState(
@@ -351,7 +360,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     )
 
 
-def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One Adam step on the sum of the contrastive critic loss and the actor loss."""
     (_, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params, batch, config)
     updates, opt = optax.adam(config.lr).update(grads, state.opt)
@@ -361,25 +370,25 @@ def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, 
     return state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
 
+def update(config: Config, dataset, state: TrainState) -> tuple[TrainState, dict]:
+    """One gradient step on a batch sampled inside jit."""
+    rng, batch_key = jax.random.split(state.rng)
+    return update_on_batch(config, state.replace(rng=rng), sample_batch(config, dataset, batch_key))
+
+
 def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
-    """init, then num_updates (default: total_updates) updates on relabelled batches. The
-    dataset is closed over, so seeds vmapped over ``train`` share one copy of it."""
+    """init, then a lax.scan of num_updates (default: total_updates) ``update`` steps (what the
+    runner's chunk runs), each on a relabelled batch sampled inside jit. The dataset is closed
+    over, not carried in the state, so seeds vmapped over ``train`` share one copy of it."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-
-    def step(state, _):
-        rng, key = jax.random.split(state.rng)
-        batch = sample_batch(config, dataset, key)
-        return update(config, state.replace(rng=rng), batch)
-
-    return jax.lax.scan(step, state, None, num_updates)
+    return jax.lax.scan(lambda state, _: update(config, dataset, state), state, None, num_updates)
 
 
-def act(config: Config, params: Params, obs, goal, rng, deterministic: bool = False):
+def act(config: Config, params: Params, obs, goal, rng: jax.Array, deterministic: bool = False):
     """The Gaussian's mean when deterministic (OGBench's eval_temperature=0), else a sample with
     unit standard deviation; clipped to [-1, 1]. obs and goal: (d,) or (B, d)."""
-    _, actor = _networks(config, params.action_dim)
-    mean = actor.apply(params.actor, obs, goal)
+    mean = _networks(config, params.action_dim).actor.apply(params.actor, obs, goal)
     if not deterministic:
         mean = mean + jax.random.normal(rng, mean.shape)
     return jnp.clip(mean, -1.0, 1.0)

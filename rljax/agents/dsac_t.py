@@ -39,6 +39,10 @@ import numpy as np
 import optax
 from flax import struct
 
+LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = False
+
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 0.5  # the authors' policy clamp
@@ -95,6 +99,7 @@ class Params:
     log_alpha: jax.Array
     action_low: jax.Array  # the action box, so act() can map tanh outputs onto it
     action_high: jax.Array
+    action_dim: int = struct.field(pytree_node=False)  # the action box's dimension
 
 
 @struct.dataclass
@@ -257,7 +262,7 @@ def critic_loss(q, sigma, y_q, y_z, sigma_ema, form: str = "paper"):
 
 def actor_loss(actor_params, params: Params, obs, rng, config):
     """SAC's actor loss on the critic means, with the temperature held constant."""
-    actor, critic = _networks(config, params.action_low.shape[-1])
+    actor, critic = _networks(config, params.action_dim)
     mean, log_std = actor.apply(actor_params, obs)
     action, log_prob = sample_action(mean, log_std, params.action_low, params.action_high, rng)
     q, _ = critic.apply(params.critic, obs, action)
@@ -270,6 +275,23 @@ def alpha_loss(log_alpha, log_prob, target_entropy):
 
 
 # --- The contract ---
+
+
+def check(config: Config) -> None:
+    """The rules across Config fields; the runner calls it on each concrete config."""
+    if abs(config.utd_ratio * config.steps_per_update - config.gradient_steps) > 1e-6:
+        raise ValueError(
+            f"utd_ratio * num_envs * num_steps = {config.utd_ratio * config.steps_per_update} "
+            "must be a whole number of gradient steps per iteration (at least 1)"
+        )
+    if config.gradient_steps < 1:
+        raise ValueError(f"utd_ratio={config.utd_ratio} gives no gradient step per iteration")
+    if config.buffer_size < max(config.steps_per_update, config.learning_starts):
+        raise ValueError(
+            f"buffer_size={config.buffer_size} must hold one iteration's transitions "
+            f"(num_envs * num_steps = {config.steps_per_update}) and learning_starts="
+            f"{config.learning_starts}"
+        )
 
 
 def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
@@ -288,19 +310,7 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"{type(space).__name__} action space"
         )
     low, high = (np.broadcast_to(bound, space.shape) for bound in bounds)
-    if abs(config.utd_ratio * config.steps_per_update - config.gradient_steps) > 1e-6:
-        raise ValueError(
-            f"utd_ratio * num_envs * num_steps = {config.utd_ratio * config.steps_per_update} "
-            "must be a whole number of gradient steps per iteration (at least 1)"
-        )
-    if config.gradient_steps < 1:
-        raise ValueError(f"utd_ratio={config.utd_ratio} gives no gradient step per iteration")
-    if config.buffer_size < max(config.steps_per_update, config.learning_starts):
-        raise ValueError(
-            f"buffer_size={config.buffer_size} must hold one iteration's transitions "
-            f"(num_envs * num_steps = {config.steps_per_update}) and learning_starts="
-            f"{config.learning_starts}"
-        )
+    check(config)
     rng, actor_key, critic_key, env_key = jax.random.split(rng, 4)
     action_dim = space.shape[0]
     actor, critic = _networks(config, action_dim)
@@ -311,6 +321,7 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
         log_alpha=jnp.log(jnp.asarray(config.init_alpha, jnp.float32)),
         action_low=jnp.asarray(low, jnp.float32),
         action_high=jnp.asarray(high, jnp.float32),
+        action_dim=int(action_dim),
     )
     example = {
         "obs": dummy_obs,
@@ -342,7 +353,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     """One iteration: num_steps x num_envs environment steps, then the gradient steps."""
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
     params = state.params
-    action_dim = params.action_low.shape[-1]
+    action_dim = params.action_dim
     actor, critic = _networks(config, action_dim)
     action_shape = (config.num_envs, action_dim)
     steps_before = state.update_step * config.steps_per_update
@@ -482,8 +493,10 @@ def train(config: Config, env, env_params, rng: jax.Array, num_updates: int | No
     return jax.lax.scan(lambda s, _: update(config, env, env_params, s), state, None, num_updates)
 
 
-def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic=False):
-    actor, _ = _networks(config, params.action_low.shape[-1])
+def act(
+    config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic: bool = False
+):
+    actor, _ = _networks(config, params.action_dim)
     mean, log_std = actor.apply(params.actor, obs)
     if deterministic:
         half_range = (params.action_high - params.action_low) / 2

@@ -25,6 +25,10 @@ import numpy as np
 import optax
 from flax import struct
 
+LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = True
+WRAPS_ENV = False
+
 
 def _field(default, *, static=False, bounds=None, choices=None):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
@@ -62,6 +66,7 @@ class Config:
 class Params:
     actor: Any
     action_dim: int = struct.field(pytree_node=False, default=1)  # number of actions if discrete
+    discrete: bool = struct.field(pytree_node=False, default=False)  # config.discrete, for act
 
 
 @struct.dataclass
@@ -95,7 +100,7 @@ class Actor(nn.Module):
 
 def _policy(config: Config, params: Params, obs, goal):
     out = Actor(params.action_dim, tuple(config.hidden_sizes)).apply(params.actor, obs, goal)
-    if config.discrete:
+    if params.discrete:
         return distrax.Categorical(logits=out)
     return distrax.MultivariateNormalDiag(out, jnp.ones_like(out))
 
@@ -177,14 +182,21 @@ def actor_loss(actor_params, params: Params, batch, config: Config):
 # --- The contract ---
 
 
-def _check(config: Config, dataset) -> None:
-    for prefix in ("value", "actor"):
-        names = [f"{prefix}_p_curgoal", f"{prefix}_p_trajgoal", f"{prefix}_p_randomgoal"]
+def check(config: Config) -> None:
+    """The rule across fields: each goal mixture's probabilities sum to 1. Traced values (init
+    under jit, vmap or lax.map) are skipped; the runner calls this on every concrete config."""
+    for who in ("value", "actor"):
+        names = [f"{who}_p_{kind}goal" for kind in ("cur", "traj", "random")]
         values = [getattr(config, name) for name in names]
-        if not any(isinstance(v, jax.core.Tracer) for v in values) and not np.isclose(
-            sum(values), 1.0
-        ):
-            raise ValueError(f"{' + '.join(names)} must sum to 1, got {sum(values):.6g}")
+        if any(isinstance(v, jax.core.Tracer) for v in values):
+            continue
+        total = sum(float(v) for v in values)
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"{' + '.join(names)} = {total:.6g}; they must sum to 1")
+
+
+def _check_dataset(config: Config, dataset) -> None:
+    """The dataset is concrete, ends its last trajectory, and has actions that suit the config."""
     trajectory_ends(dataset)  # the dataset is concrete and its last row ends a trajectory
     actions = np.asarray(dataset.actions)
     if config.discrete:
@@ -204,7 +216,8 @@ def _check(config: Config, dataset) -> None:
 def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     """The actor and its optimizer for ``dataset`` (an rljax Dataset, closed over rather than
     traced: trajectory ends and the number of discrete actions are read on the host)."""
-    _check(config, dataset)
+    check(config)
+    _check_dataset(config, dataset)
     actor_key, rng = jax.random.split(rng)
     obs = jnp.zeros(dataset.observations.shape[1:])
     if config.discrete:  # as OGBench: the largest action in the data + 1
@@ -212,7 +225,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     else:
         action_dim = dataset.actions.shape[-1]
     actor = Actor(action_dim, tuple(config.hidden_sizes))
-    params = Params(actor.init(actor_key, obs, obs), action_dim)
+    params = Params(actor.init(actor_key, obs, obs), action_dim, config.discrete)
     return TrainState(
         params=params,
         opt=optax.adam(config.lr).init(params.actor),
@@ -221,7 +234,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     )
 
 
-def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One gradient step of the actor on a batch from ``sample_batch``."""
     params = state.params
     (loss, info), grads = jax.value_and_grad(actor_loss, has_aux=True)(
@@ -233,26 +246,27 @@ def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, 
     return state, {"actor_loss": loss, **info, "grad_norm": optax.tree.norm(grads)}
 
 
+def update(config: Config, dataset, state: TrainState) -> tuple[TrainState, dict]:
+    """One gradient step on a batch sampled inside jit."""
+    rng, batch_key = jax.random.split(state.rng)
+    return update_on_batch(config, state.replace(rng=rng), sample_batch(config, dataset, batch_key))
+
+
 def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
-    """init, then num_updates (default: total_updates) gradient steps on relabelled batches.
-    The dataset is closed over, not carried in the state."""
+    """init, then a lax.scan of num_updates (default: total_updates) ``update`` steps (what the
+    runner's chunk runs), each on a relabelled batch sampled inside jit. The dataset is closed
+    over, not carried in the state, so seeds vmapped over ``train`` share one copy of it."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-
-    def step(state, _):
-        rng, key = jax.random.split(state.rng)
-        batch = sample_batch(config, dataset, key)
-        return update(config, state.replace(rng=rng), batch)
-
-    return jax.lax.scan(step, state, None, num_updates)
+    return jax.lax.scan(lambda state, _: update(config, dataset, state), state, None, num_updates)
 
 
-def act(config: Config, params: Params, obs, goal, rng: jax.Array, deterministic=False):
+def act(config: Config, params: Params, obs, goal, rng: jax.Array, deterministic: bool = False):
     """The action toward ``goal`` from raw ``obs``, (d,) or (B, d): the mean (argmax) when
     deterministic, else a sample; continuous actions are clipped to [-1, 1]."""
     dist = _policy(config, params, obs, goal)
     action = dist.mode() if deterministic else dist.sample(seed=rng)
-    return action if config.discrete else jnp.clip(action, -1.0, 1.0)
+    return action if params.discrete else jnp.clip(action, -1.0, 1.0)
 
 
 if __name__ == "__main__":

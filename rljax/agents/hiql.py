@@ -21,7 +21,7 @@ losses per update. To act, the high policy proposes a subgoal representation, wh
 norm sqrt(rep_dim) before the low policy reads it. No observation normalization (OGBench has none).
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+
+LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = True
+WRAPS_ENV = False
 
 
 def _field(default, *, static=False, bounds=None, choices=None):
@@ -76,6 +80,7 @@ class Params:
     low_actor: Any
     high_actor: Any
     action_dim: int = struct.field(pytree_node=False, default=1)  # number of actions if discrete
+    discrete: bool = struct.field(pytree_node=False, default=False)  # config.discrete, for act
 
 
 @struct.dataclass
@@ -164,13 +169,22 @@ class Actor(nn.Module):
         return _dense(self.out_dim, 1e-2)(MLP(self.hidden_sizes)(x))
 
 
-def _networks(config: Config, action_dim: int):
+class Networks(NamedTuple):
+    goal_rep: GoalRep
+    value: TwinValue
+    low_actor: Actor
+    high_actor: Actor
+
+
+def _networks(config: Config, action_dim: int | None = None) -> Networks:
+    """The networks by name. action_dim sizes the low actor only: phi and the values, which
+    never see it, are built without it (the low actor then has no output size)."""
     hidden = tuple(config.hidden_sizes)
-    return (
-        GoalRep(hidden, config.rep_dim, config.layer_norm),
-        TwinValue(hidden, config.layer_norm),
-        Actor(hidden, action_dim),
-        Actor(hidden, config.rep_dim),
+    return Networks(
+        goal_rep=GoalRep(hidden, config.rep_dim, config.layer_norm),
+        value=TwinValue(hidden, config.layer_norm),
+        low_actor=Actor(hidden, action_dim),
+        high_actor=Actor(hidden, config.rep_dim),
     )
 
 
@@ -180,13 +194,13 @@ def _cat(*xs):
 
 def goal_representation(config: Config, goal_rep_params, obs, goal):
     """phi([s; g]), of norm sqrt(rep_dim)."""
-    return _networks(config, 1)[0].apply(goal_rep_params, _cat(obs, goal))
+    return _networks(config).goal_rep.apply(goal_rep_params, _cat(obs, goal))
 
 
 def values(config: Config, value_params, goal_rep_params, obs, goal):
     """(V_1, V_2)(s, g) = f_j([s, phi([s; g])]), stacked: (2, ...)."""
     phi = goal_representation(config, goal_rep_params, obs, goal)
-    return _networks(config, 1)[1].apply(value_params, _cat(obs, phi))
+    return _networks(config).value.apply(value_params, _cat(obs, phi))
 
 
 def gaussian_log_prob(mean, x):
@@ -196,7 +210,8 @@ def gaussian_log_prob(mean, x):
 
 def low_log_prob(config: Config, params: Params, obs, rep, actions):
     """log pi_lo(a | s, rep): Gaussian with unit std, or categorical over integer actions."""
-    out = _networks(config, params.action_dim)[2].apply(params.low_actor, _cat(obs, rep))
+    low_actor = _networks(config, params.action_dim).low_actor
+    out = low_actor.apply(params.low_actor, _cat(obs, rep))
     if config.discrete:
         actions = actions.reshape(out.shape[:-1]).astype(jnp.int32)
         return jnp.take_along_axis(jax.nn.log_softmax(out), actions[..., None], -1)[..., 0]
@@ -325,7 +340,8 @@ def high_actor_loss(params: Params, batch, config: Config):
     next_v = values(config, sg.value, sg.goal_rep, targets, goals).mean(0)
     advantage = next_v - v
     target_rep = goal_representation(config, sg.goal_rep, obs, targets)
-    mean = _networks(config, 1)[3].apply(params.high_actor, _cat(obs, goals))
+    high_actor = _networks(config, params.action_dim).high_actor
+    mean = high_actor.apply(params.high_actor, _cat(obs, goals))
     log_prob = gaussian_log_prob(mean, target_rep)
     loss = -(awr_weight(advantage, config.high_alpha) * log_prob).mean()
     metrics = {
@@ -347,14 +363,21 @@ def total_loss(params: Params, target_value, batch, config: Config):
 # --- The contract ---
 
 
-def _check(config: Config, dataset) -> None:
-    for kind in ("value", "actor"):
-        names = [f"{kind}_p_curgoal", f"{kind}_p_trajgoal", f"{kind}_p_randomgoal"]
-        probs = [getattr(config, n) for n in names]
-        if any(isinstance(p, jax.core.Tracer) for p in probs):
-            continue  # traced (init under jit or lax.map): the sums cannot be read here
-        if not np.isclose(sum(float(p) for p in probs), 1.0):
-            raise ValueError(f"{' + '.join(names)} must sum to 1, got {sum(map(float, probs))}")
+def check(config: Config) -> None:
+    """The rule across fields: each goal mixture's probabilities sum to 1. Traced values (init
+    under jit, vmap or lax.map) are skipped; the runner calls this on every concrete config."""
+    for who in ("value", "actor"):
+        names = [f"{who}_p_{kind}goal" for kind in ("cur", "traj", "random")]
+        values = [getattr(config, name) for name in names]
+        if any(isinstance(v, jax.core.Tracer) for v in values):
+            continue
+        total = sum(float(v) for v in values)
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"{' + '.join(names)} = {total:.6g}; they must sum to 1")
+
+
+def _check_dataset(config: Config, dataset) -> None:
+    """The dataset is concrete, ends its last trajectory, and has actions that suit the config."""
     if dataset.observations.ndim != 2:
         raise ValueError(f"HIQL takes vector observations, got {dataset.observations.shape[1:]}")
     trajectory_ends(dataset)  # the sampler's checks, at init rather than inside the first trace
@@ -371,21 +394,23 @@ def _check(config: Config, dataset) -> None:
 def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     """Networks and optimizer for ``dataset`` (an rljax Dataset, closed over rather than traced:
     goal sampling reads its trajectory ends on the host)."""
-    _check(config, dataset)
+    check(config)
+    _check_dataset(config, dataset)
     obs_dim = dataset.observations.shape[-1]
     if config.discrete:
         action_dim = int(np.asarray(dataset.actions).max()) + 1  # as OGBench: max action + 1
     else:
         action_dim = dataset.actions.shape[-1]
-    goal_rep, value, low_actor, high_actor = _networks(config, action_dim)
+    net = _networks(config, action_dim)
     rep_key, value_key, low_key, high_key, rng = jax.random.split(rng, 5)
     obs, rep = jnp.zeros(obs_dim), jnp.zeros(config.rep_dim)
     params = Params(
-        goal_rep=goal_rep.init(rep_key, _cat(obs, obs)),
-        value=value.init(value_key, _cat(obs, rep)),
-        low_actor=low_actor.init(low_key, _cat(obs, rep)),
-        high_actor=high_actor.init(high_key, _cat(obs, obs)),
+        goal_rep=net.goal_rep.init(rep_key, _cat(obs, obs)),
+        value=net.value.init(value_key, _cat(obs, rep)),
+        low_actor=net.low_actor.init(low_key, _cat(obs, rep)),
+        high_actor=net.high_actor.init(high_key, _cat(obs, obs)),
         action_dim=action_dim,
+        discrete=config.discrete,
     )
     return TrainState(
         params=params,
@@ -396,7 +421,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     )
 
 
-def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One Adam step on L_V + L_lo + L_hi, then the targets move toward the value heads as they
     were before this step (OGBench's order)."""
     (_, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(
@@ -412,35 +437,33 @@ def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, 
     return state, metrics | {"grad_norm": optax.tree.norm(grads)}
 
 
-def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
-    """init, then num_updates (default: total_updates) gradient steps on HGCDataset batches.
+def update(config: Config, dataset, state: TrainState) -> tuple[TrainState, dict]:
+    """One gradient step on a batch sampled inside jit."""
+    rng, batch_key = jax.random.split(state.rng)
+    return update_on_batch(config, state.replace(rng=rng), sample_batch(config, dataset, batch_key))
 
-    The dataset is closed over, not carried in the state, so seeds vmapped over ``train`` share
-    one copy of it.
-    """
+
+def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
+    """init, then a lax.scan of num_updates (default: total_updates) ``update`` steps (what the
+    runner's chunk runs), each on an HGCDataset batch sampled inside jit. The dataset is closed
+    over, not carried in the state, so seeds vmapped over ``train`` share one copy of it."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-
-    def step(state, _):
-        rng, key = jax.random.split(state.rng)
-        batch = sample_batch(config, dataset, key)
-        return update(config, state.replace(rng=rng), batch)
-
-    return jax.lax.scan(step, state, None, num_updates)
+    return jax.lax.scan(lambda state, _: update(config, dataset, state), state, None, num_updates)
 
 
-def act(config: Config, params: Params, obs, goal, rng, deterministic=False):
+def act(config: Config, params: Params, obs, goal, rng: jax.Array, deterministic: bool = False):
     """The high policy proposes a subgoal representation (its mean when deterministic, else a
     sample), rescaled to norm sqrt(rep_dim); the low policy acts toward it: its mean clipped to
     [-1, 1] or a clipped sample, or for discrete actions the argmax or a categorical sample."""
-    _, _, low_actor, high_actor = _networks(config, params.action_dim)
-    rep = high_actor.apply(params.high_actor, _cat(obs, goal))
+    net = _networks(config, params.action_dim)
+    rep = net.high_actor.apply(params.high_actor, _cat(obs, goal))
     if not deterministic:
         high_key, rng = jax.random.split(rng)
         rep = rep + jax.random.normal(high_key, rep.shape)
     rep = length_normalize(rep)
-    out = low_actor.apply(params.low_actor, _cat(obs, rep))
-    if config.discrete:
+    out = net.low_actor.apply(params.low_actor, _cat(obs, rep))
+    if params.discrete:
         return jnp.argmax(out, -1) if deterministic else jax.random.categorical(rng, out)
     if not deterministic:
         out = out + jax.random.normal(rng, out.shape)

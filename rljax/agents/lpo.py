@@ -35,6 +35,10 @@ import optax
 from flax import struct
 from flax.linen.initializers import constant, orthogonal
 
+LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = False
+
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 
@@ -81,8 +85,17 @@ class Config:
 
 
 @struct.dataclass
+class Params:
+    """The weights, and the facts of the action space that act() needs without an env."""
+
+    net: Any  # the ActorCritic's weights
+    action_dim: int = struct.field(pytree_node=False)  # number of actions if discrete
+    discrete: bool = struct.field(pytree_node=False)
+
+
+@struct.dataclass
 class TrainState:
-    params: Any
+    params: Params
     opt_state: Any
     env_state: Any
     obs: jax.Array  # (num_envs, obs_dim)
@@ -244,13 +257,8 @@ def lpo_loss(
 # --- The contract ---
 
 
-def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
-    obs_shape = env.observation_space(env_params).shape
-    if len(obs_shape) != 1:
-        raise ValueError(
-            f"LPO's MLP takes vector observations, got shape {obs_shape}; flatten them "
-            "(rljax.envs.make(name, flatten_obs=True), or gymnax's FlattenObservationWrapper)"
-        )
+def check(config: Config) -> None:
+    """The rules across Config fields; the runner calls it on each concrete config."""
     if config.steps_per_update % config.num_minibatches:
         raise ValueError(
             f"num_minibatches={config.num_minibatches} must divide "
@@ -265,10 +273,21 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"drift_params must have shapes {expected} (ta_lpo={config.ta_lpo}, "
             f"drift_hidden={config.drift_hidden}), got {got or drift_params!r}"
         )
+
+
+def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
+    obs_shape = env.observation_space(env_params).shape
+    if len(obs_shape) != 1:
+        raise ValueError(
+            f"LPO's MLP takes vector observations, got shape {obs_shape}; flatten them "
+            "(rljax.envs.make(name, flatten_obs=True), or gymnax's FlattenObservationWrapper)"
+        )
+    check(config)
     rng, net_key, env_key = jax.random.split(rng, 3)
     network = _network(config, env.action_space(env_params))
-    params = network.init(net_key, jnp.zeros(obs_shape))
-    opt_state = _optimizer(config, config.lr).init(params)
+    net = network.init(net_key, jnp.zeros(obs_shape))
+    params = Params(net, int(network.action_dim), network.discrete)
+    opt_state = _optimizer(config, config.lr).init(params.net)
     reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
     obs, env_state = reset(jax.random.split(env_key, config.num_envs), env_params)
     return TrainState(params, opt_state, env_state, obs, rng, jnp.zeros((), jnp.int32))
@@ -283,7 +302,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     def env_step(carry, _):
         env_state, obs, rng = carry
         rng, action_key, step_key = jax.random.split(rng, 3)
-        pi, value = network.apply(state.params, obs)
+        pi, value = network.apply(state.params.net, obs)
         action = pi.sample(seed=action_key)
         step_keys = jax.random.split(step_key, config.num_envs)
         next_obs, env_state, reward, terminated, truncated, info = step(
@@ -301,7 +320,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     )
 
     # --- Advantages ---
-    _, next_values = network.apply(state.params, traj.next_obs)
+    _, next_values = network.apply(state.params.net, traj.next_obs)
     terminated = traj.terminated
     if config.truncation_as_termination:
         terminated = jnp.logical_or(terminated, traj.truncated)
@@ -349,9 +368,10 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         return (params, opt_state, rng), losses
 
     (params, opt_state, rng), losses = jax.lax.scan(
-        epoch, (state.params, state.opt_state, rng), None, config.update_epochs
+        epoch, (state.params.net, state.opt_state, rng), None, config.update_epochs
     )
 
+    params = state.params.replace(net=params)
     state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
     return state, metrics
@@ -364,13 +384,13 @@ def train(config: Config, env, env_params, rng: jax.Array, num_updates: int | No
     return jax.lax.scan(lambda s, _: update(config, env, env_params, s), state, None, num_updates)
 
 
-def act(config: Config, params, obs: jax.Array, rng: jax.Array, deterministic: bool = False):
-    actor_head = params["params"]["actor_head"]["kernel"]
-    discrete = "log_std" not in params["params"]
+def act(
+    config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic: bool = False
+):
     network = ActorCritic(
-        actor_head.shape[-1], discrete, tuple(config.hidden_sizes), config.activation
+        params.action_dim, params.discrete, tuple(config.hidden_sizes), config.activation
     )
-    pi, _ = network.apply(params, obs)
+    pi, _ = network.apply(params.net, obs)
     return pi.mode() if deterministic else pi.sample(seed=rng)
 
 

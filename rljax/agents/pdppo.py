@@ -41,6 +41,10 @@ import optax
 from flax import struct
 from flax.linen.initializers import constant, orthogonal
 
+LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = False
+
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 
@@ -83,8 +87,16 @@ class Config:
 
 
 @struct.dataclass
+class Params:
+    """The weights, and the facts of the action space that act() needs without an env."""
+
+    net: Any  # the ActorCritic's weights
+    action_shape: tuple = struct.field(pytree_node=False)  # (action dimensions, choices)
+
+
+@struct.dataclass
 class TrainState:
-    params: Any
+    params: Params
     opt_state: Any
     env_state: Any
     obs: jax.Array  # (num_envs, obs_dim)
@@ -240,6 +252,15 @@ def pdppo_loss(log_prob, old_log_prob, advantages, value, old_value, targets, en
 # --- The contract ---
 
 
+def check(config: Config) -> None:
+    """The rules across Config fields; the runner calls it on each concrete config."""
+    if config.steps_per_update % config.num_minibatches:
+        raise ValueError(
+            f"num_minibatches={config.num_minibatches} must divide "
+            f"num_envs * num_steps = {config.steps_per_update}"
+        )
+
+
 def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
     obs_shape = env.observation_space(env_params).shape
     if len(obs_shape) != 1:
@@ -247,11 +268,7 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"PDPPO's MLP takes vector observations, got shape {obs_shape}; flatten them "
             "(rljax.envs.make(name, flatten_obs=True), or gymnax's FlattenObservationWrapper)"
         )
-    if config.steps_per_update % config.num_minibatches:
-        raise ValueError(
-            f"num_minibatches={config.num_minibatches} must divide "
-            f"num_envs * num_steps = {config.steps_per_update}"
-        )
+    check(config)
     action_space = env.action_space(env_params)
     nvec = getattr(action_space, "nvec", None)
     if nvec is None or len(set(nvec)) != 1:
@@ -280,8 +297,9 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
         )
     network = _network(config, action_space)
     post_obs_shape = info["post_decision_obs"].shape[1:]
-    params = network.init(net_key, jnp.zeros(obs_shape), jnp.zeros(post_obs_shape))
-    opt_state = _optimizer(config, config.lr).init(params)
+    net = network.init(net_key, jnp.zeros(obs_shape), jnp.zeros(post_obs_shape))
+    params = Params(net, network.action_shape)
+    opt_state = _optimizer(config, config.lr).init(params.net)
     return TrainState(params, opt_state, env_state, obs, rng, jnp.zeros((), jnp.int32))
 
 
@@ -294,7 +312,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     def env_step(carry, _):
         env_state, obs, rng = carry
         rng, action_key, step_key = jax.random.split(rng, 3)
-        pi, value = network.apply(state.params, obs)
+        pi, value = network.apply(state.params.net, obs)
         action = pi.sample(seed=action_key)
         step_keys = jax.random.split(step_key, config.num_envs)
         next_obs, env_state, reward, terminated, truncated, info = step(
@@ -314,7 +332,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
 
     # --- Advantages ---
     # next_obs and post_obs both follow the action: one pass gives V(s'_t) and V^x(s^x_t).
-    _, next_values, post_values = network.apply(state.params, traj.next_obs, traj.post_obs)
+    _, next_values, post_values = network.apply(state.params.net, traj.next_obs, traj.post_obs)
     terminated = traj.terminated
     if config.truncation_as_termination:
         terminated = jnp.logical_or(terminated, traj.truncated)
@@ -363,9 +381,10 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         return (params, opt_state, rng), losses
 
     (params, opt_state, rng), losses = jax.lax.scan(
-        epoch, (state.params, state.opt_state, rng), None, config.update_epochs
+        epoch, (state.params.net, state.opt_state, rng), None, config.update_epochs
     )
 
+    params = state.params.replace(net=params)
     state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
     metrics["post_advantage_wins"] = post_wins  # how often A^x > A, whichever advantage is used
@@ -379,10 +398,11 @@ def train(config: Config, env, env_params, rng: jax.Array, num_updates: int | No
     return jax.lax.scan(lambda s, _: update(config, env, env_params, s), state, None, num_updates)
 
 
-def act(config: Config, params, obs: jax.Array, rng: jax.Array, deterministic: bool = False):
-    action_shape = params["params"]["actor_head"]["kernel"].shape[1:]  # (hidden, dims, choices)
-    network = ActorCritic(action_shape, tuple(config.hidden_sizes), config.activation)
-    pi, _ = network.apply(params, obs)
+def act(
+    config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic: bool = False
+):
+    network = ActorCritic(params.action_shape, tuple(config.hidden_sizes), config.activation)
+    pi, _ = network.apply(params.net, obs)
     return pi.mode() if deterministic else pi.sample(seed=rng)
 
 

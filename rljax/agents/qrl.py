@@ -24,7 +24,7 @@ are the mean (deterministic) or a sample, clipped to [-1, 1]. Continuous actions
 needs a differentiable action.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -32,6 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+
+LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = True
+WRAPS_ENV = False
 
 
 def _field(default, *, static=False, bounds=None, choices=None):
@@ -76,6 +80,7 @@ class Params:
     actor: Any
     log_lam: jax.Array  # the Lagrange multiplier is exp(log_lam), initially 1
     action_dim: int = struct.field(pytree_node=False, default=1)
+    discrete: bool = struct.field(pytree_node=False, default=False)  # continuous only (DDPG+BC)
 
 
 @struct.dataclass
@@ -187,13 +192,19 @@ class Actor(nn.Module):
         return nn.Dense(self.action_dim, kernel_init=init)(x)
 
 
-def _networks(config: Config, action_dim: int) -> tuple[Quasimetric, MLP, Actor]:
+class Networks(NamedTuple):
+    value: Quasimetric  # d(s, g), and its halves phi (encode) and d~ (distance)
+    dynamics: MLP  # f(z, a)
+    actor: Actor
+
+
+def _networks(config: Config, action_dim: int) -> Networks:
     hidden = tuple(config.hidden_sizes)
     value = Quasimetric(
         hidden, config.latent_dim, config.dim_per_component, config.quasimetric, config.layer_norm
     )
     dynamics = MLP((*hidden, config.latent_dim), config.layer_norm)
-    return value, dynamics, Actor(action_dim, hidden)
+    return Networks(value=value, dynamics=dynamics, actor=Actor(action_dim, hidden))
 
 
 def unit_gaussian_log_prob(mean, action):
@@ -283,7 +294,7 @@ def ddpg_bc_loss(q, log_prob, alpha):
 
 def value_loss(params: Params, batch: dict, config: Config):
     """L_V + L_lam: push random goals apart, keep one step within distance 1 (on average)."""
-    value, _, _ = _networks(config, params.action_dim)
+    value = _networks(config, params.action_dim).value
     d_neg = value.apply(params.value, batch["observations"], batch["value_goals"])
     d_pos = value.apply(params.value, batch["observations"], batch["next_observations"])
     lam = jnp.exp(params.log_lam)
@@ -301,7 +312,8 @@ def value_loss(params: Params, batch: dict, config: Config):
 
 def dynamics_loss(params: Params, batch: dict, config: Config):
     """Symmetrised latent distance between phi(s') and phi(s) + f(phi(s), a); it trains phi too."""
-    value, dynamics, _ = _networks(config, params.action_dim)
+    net = _networks(config, params.action_dim)
+    value, dynamics = net.value, net.dynamics
     z = value.apply(params.value, batch["observations"], method="encode")
     z_next = value.apply(params.value, batch["next_observations"], method="encode")
     z_pred = z + dynamics.apply(params.dynamics, jnp.concatenate([z, batch["actions"]], -1))
@@ -313,9 +325,10 @@ def dynamics_loss(params: Params, batch: dict, config: Config):
 def actor_loss(params: Params, batch: dict, config: Config):
     """DDPG+BC through the latent model: Q(s, a, g) = -d~(phi(s) + f(phi(s), a), phi(g)) with phi
     and f fixed, at the actor's clipped mean, plus alpha times the BC log-likelihood."""
-    value, dynamics, actor = _networks(config, params.action_dim)
+    net = _networks(config, params.action_dim)
+    value, dynamics = net.value, net.dynamics
     value_params = jax.lax.stop_gradient(params.value)
-    mean = actor.apply(params.actor, batch["observations"], batch["actor_goals"])
+    mean = net.actor.apply(params.actor, batch["observations"], batch["actor_goals"])
     z = value.apply(value_params, batch["observations"], method="encode")
     z_goal = value.apply(value_params, batch["actor_goals"], method="encode")
     step = dynamics.apply(
@@ -346,19 +359,17 @@ def total_loss(params: Params, batch: dict, config: Config):
 # --- The contract ---
 
 
-def _check_goal_probabilities(config: Config) -> None:
+def check(config: Config) -> None:
+    """The rule across fields: each goal mixture's probabilities sum to 1. Traced values (init
+    under jit, vmap or lax.map) are skipped; the runner calls this on every concrete config."""
     for who in ("value", "actor"):
         names = [f"{who}_p_{kind}goal" for kind in ("cur", "traj", "random")]
         values = [getattr(config, name) for name in names]
         if any(isinstance(v, jax.core.Tracer) for v in values):
-            continue  # traced (a vmapped sweep): the runner checked each member's bounds
-        if not np.allclose(sum(np.asarray(v, np.float64) for v in values), 1.0, atol=1e-6):
-            raise ValueError(
-                f"{', '.join(names)} must sum to 1, got "
-                + ", ".join(
-                    f"{n}={np.asarray(v).tolist()}" for n, v in zip(names, values, strict=True)
-                )
-            )
+            continue
+        total = sum(float(v) for v in values)
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"{' + '.join(names)} = {total:.6g}; they must sum to 1")
 
 
 def _check_dataset(dataset) -> None:
@@ -388,8 +399,8 @@ def _check_dataset(dataset) -> None:
 def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     """Quasimetric, latent dynamics, actor, lambda = 1 and one Adam state for ``dataset`` (an
     rljax Dataset, closed over rather than traced)."""
+    check(config)
     _check_dataset(dataset)
-    _check_goal_probabilities(config)
     if config.quasimetric == "iqe" and config.latent_dim % config.dim_per_component:
         raise ValueError(
             f"latent_dim={config.latent_dim} must be a multiple of "
@@ -400,12 +411,12 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     trajectory_ends(dataset)  # fail here, not inside the first jitted update
     value_key, dynamics_key, actor_key, rng = jax.random.split(rng, 4)
     obs_dim, action_dim = dataset.observations.shape[-1], dataset.actions.shape[-1]
-    value, dynamics, actor = _networks(config, action_dim)
+    net = _networks(config, action_dim)
     obs = jnp.zeros(obs_dim)
     params = Params(
-        value=value.init(value_key, obs, obs),
-        dynamics=dynamics.init(dynamics_key, jnp.zeros(config.latent_dim + action_dim)),
-        actor=actor.init(actor_key, obs, obs),
+        value=net.value.init(value_key, obs, obs),
+        dynamics=net.dynamics.init(dynamics_key, jnp.zeros(config.latent_dim + action_dim)),
+        actor=net.actor.init(actor_key, obs, obs),
         log_lam=jnp.zeros(()),
         action_dim=action_dim,
     )
@@ -417,7 +428,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     )
 
 
-def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One Adam step on the sum of all losses (value, lambda, dynamics, actor)."""
     (_, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params, batch, config)
     updates, opt = optax.adam(config.lr).update(grads, state.opt)
@@ -427,25 +438,25 @@ def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, 
     return state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
 
+def update(config: Config, dataset, state: TrainState) -> tuple[TrainState, dict]:
+    """One gradient step on a batch sampled inside jit."""
+    rng, batch_key = jax.random.split(state.rng)
+    return update_on_batch(config, state.replace(rng=rng), sample_batch(config, dataset, batch_key))
+
+
 def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
-    """init, then num_updates (default: total_updates) updates on relabelled batches. The
-    dataset is closed over, so seeds vmapped over ``train`` share one copy of it."""
+    """init, then a lax.scan of num_updates (default: total_updates) ``update`` steps (what the
+    runner's chunk runs), each on a relabelled batch sampled inside jit. The dataset is closed
+    over, not carried in the state, so seeds vmapped over ``train`` share one copy of it."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-
-    def step(state, _):
-        rng, key = jax.random.split(state.rng)
-        batch = sample_batch(config, dataset, key)
-        return update(config, state.replace(rng=rng), batch)
-
-    return jax.lax.scan(step, state, None, num_updates)
+    return jax.lax.scan(lambda state, _: update(config, dataset, state), state, None, num_updates)
 
 
-def act(config: Config, params: Params, obs, goal, rng, deterministic: bool = False):
+def act(config: Config, params: Params, obs, goal, rng: jax.Array, deterministic: bool = False):
     """The Gaussian's mean when deterministic (OGBench's eval_temperature=0), else a sample with
     unit standard deviation; clipped to [-1, 1]. obs and goal: (d,) or (B, d)."""
-    _, _, actor = _networks(config, params.action_dim)
-    mean = actor.apply(params.actor, obs, goal)
+    mean = _networks(config, params.action_dim).actor.apply(params.actor, obs, goal)
     if not deterministic:
         mean = mean + jax.random.normal(rng, mean.shape)
     return jnp.clip(mean, -1.0, 1.0)

@@ -31,6 +31,10 @@ import numpy as np
 import optax
 from flax import struct
 
+LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = False
+
 OBS_EPS = 1e-3
 # The dataset arrays that sample_batch reads (rljax.data.Dataset's fields).
 FIELDS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
@@ -74,6 +78,7 @@ class Params:
     critic: Any  # the ensemble, stacked on a leading axis of num_critics
     obs_mean: jax.Array
     obs_std: jax.Array
+    action_dim: int = struct.field(pytree_node=False, default=1)
 
 
 @struct.dataclass
@@ -244,6 +249,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
         critic=critic.init(critic_key, dummy_obs, dummy_action),
         obs_mean=jnp.asarray(mean, jnp.float32),
         obs_std=jnp.asarray(std, jnp.float32),
+        action_dim=actions.shape[1],
     )
     return TrainState(
         params=params,
@@ -256,7 +262,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     )
 
 
-def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One critic step; every policy_freq-th call also an actor step and the Polyak targets."""
     params = state.params
     actor, _ = _networks(config, batch["actions"].shape[-1])
@@ -312,23 +318,22 @@ def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, 
     return state, metrics
 
 
+def update(config: Config, dataset, state: TrainState) -> tuple[TrainState, dict]:
+    """One gradient step on a batch sampled inside jit."""
+    rng, batch_key = jax.random.split(state.rng)
+    return update_on_batch(config, state.replace(rng=rng), sample_batch(config, dataset, batch_key))
+
+
 def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
     """init, then num_updates (default: total_updates) updates on uniform batches."""
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-
-    def step(state: TrainState, _):
-        rng, sample_key = jax.random.split(state.rng)
-        batch = sample_batch(config, dataset, sample_key)
-        return update(config, state.replace(rng=rng), batch)
-
-    return jax.lax.scan(step, state, None, num_updates)
+    return jax.lax.scan(lambda state, _: update(config, dataset, state), state, None, num_updates)
 
 
 def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic=False):
     """The deterministic policy pi(s); rng and deterministic are there for the common contract."""
-    action_dim = params.actor["params"]["out"]["kernel"].shape[-1]
-    actor, _ = _networks(config, action_dim)
+    actor, _ = _networks(config, params.action_dim)
     return actor.apply(params.actor, normalize(params, obs))
 
 
@@ -382,7 +387,9 @@ if __name__ == "__main__":
         next_observations: jax.Array
 
     obs, actions, rewards, next_obs, timeouts = rollouts(jax.random.PRNGKey(0))
-    dataset = Data(obs, actions, rewards, np.zeros_like(rewards), timeouts, next_obs)
+    # Device arrays: sample_batch indexes them with traced row numbers (numpy cannot).
+    columns = (obs, actions, rewards, np.zeros_like(rewards), timeouts, next_obs)
+    dataset = Data(*(jnp.asarray(x) for x in columns))
     print(f"dataset: {len(rewards)} transitions, mean episode return {rewards.sum() / 20:.1f}")
 
     def evaluate(params, rng, num_episodes=10):

@@ -48,6 +48,10 @@ import numpy as np
 import optax
 from flax import struct
 
+LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = True
+
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 OBJECTIVES = ("mean", "cvar", "threshold")
@@ -131,9 +135,17 @@ class Buffer:
 
 
 @struct.dataclass
+class Params:
+    """The weights, and the facts of the action space that act() needs without an env."""
+
+    net: Any  # the QNetwork's weights
+    action_dim: int = struct.field(pytree_node=False)  # the number of actions
+
+
+@struct.dataclass
 class TrainState:
-    params: Any
-    target_params: Any
+    params: Params
+    target_params: Any  # theta^-, weights like params.net
     opt_state: Any
     buffer: Buffer
     env_state: Any
@@ -270,10 +282,6 @@ def _network(config: Config, num_actions: int) -> QNetwork:
     )  # fmt: skip
 
 
-def _network_of(config: Config, params) -> QNetwork:
-    return _network(config, params["params"]["head"]["kernel"].shape[-1] // config.num_atoms)
-
-
 def _support(config: Config) -> jax.Array:
     return jnp.linspace(config.v_min, config.v_max, config.num_atoms)
 
@@ -327,7 +335,7 @@ def cvar_search(probs, z, stocks, alpha):
     return best, values[best]
 
 
-def initial_stock(config: Config, params, obs):
+def initial_stock(config: Config, params: Params, obs):
     """The c_0 of an evaluation episode, from its first observation (without the stock).
 
     "cvar": the best candidate of ``cvar_search``; "threshold": -threshold; "mean": the middle
@@ -339,7 +347,8 @@ def initial_stock(config: Config, params, obs):
         return jnp.float32((config.stock_low + config.stock_high) / 2)
     stocks = jnp.linspace(config.stock_low, config.stock_high, config.num_stock_candidates)
     obs = jnp.broadcast_to(obs.astype(jnp.float32), (stocks.shape[0], *obs.shape))
-    probs = jax.nn.softmax(_network_of(config, params).apply(params, _augment(obs, stocks)))
+    network = _network(config, params.action_dim)
+    probs = jax.nn.softmax(network.apply(params.net, _augment(obs, stocks)))
     best, _ = cvar_search(probs, _support(config), stocks, config.alpha)
     return stocks[best]
 
@@ -373,6 +382,15 @@ def stock_categorical_loss(logits_tm1, a_tm1, r_t, discount_t, logits_t, stock_t
 # --- The contract ---
 
 
+def check(config: Config) -> None:
+    """The rules across Config fields; the runner calls it on each concrete config."""
+    if config.buffer_size < config.steps_per_update:
+        raise ValueError(
+            f"buffer_size={config.buffer_size} must hold one iteration's "
+            f"num_envs * num_steps = {config.steps_per_update} transitions"
+        )
+
+
 def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
     """``env`` must be stock-augmented already (``wrap_env``; the runner does it)."""
     if not isinstance(env, StockAugmentation):
@@ -383,20 +401,17 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
     action_space = env.action_space(env_params)
     if not hasattr(action_space, "n"):
         raise ValueError(f"stock_dqn needs discrete actions, got {type(action_space).__name__}")
-    if config.buffer_size < config.steps_per_update:
-        raise ValueError(
-            f"buffer_size={config.buffer_size} must hold one iteration's "
-            f"num_envs * num_steps = {config.steps_per_update} transitions"
-        )
+    check(config)
     rng, net_key, env_key = jax.random.split(rng, 3)
-    params = _network(config, action_space.n).init(net_key, jnp.zeros(obs_shape))
-    opt_state = _optimizer(config).init(params)
+    net = _network(config, action_space.n).init(net_key, jnp.zeros(obs_shape))
+    params = Params(net, int(action_space.n))
+    opt_state = _optimizer(config).init(net)
     reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
     obs, env_state = reset(jax.random.split(env_key, config.num_envs), env_params)
     example = Transition(obs[0], jnp.int32(0), jnp.float32(0), obs[0], jnp.bool_(False))
     buffer = buffer_init(config.buffer_size, example)
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(params, params, opt_state, buffer, env_state, obs, rng, zero, zero)
+    return TrainState(params, net, opt_state, buffer, env_state, obs, rng, zero, zero)
 
 
 def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainState, dict]:
@@ -411,7 +426,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         env_state, obs, rng = carry
         rng, action_key, step_key = jax.random.split(rng, 3)
         epsilon = _epsilon(config, (state.update_step * config.num_steps + t) * config.num_envs)
-        probs = jax.nn.softmax(network.apply(state.params, obs))
+        probs = jax.nn.softmax(network.apply(state.params.net, obs))
         values = objective_values(config.objective, probs, support, obs[:, -1])
         action = _epsilon_greedy(action_key, values, epsilon)
         step_keys = jax.random.split(step_key, config.num_envs)
@@ -470,12 +485,12 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     rng, sample_key = jax.random.split(rng)
     (params, target_params, opt_state, gradient_step_count), losses = jax.lax.scan(
         gradient_step,
-        (state.params, state.target_params, state.opt_state, state.gradient_step),
+        (state.params.net, state.target_params, state.opt_state, state.gradient_step),
         jax.random.split(sample_key, config.updates_per_iteration),
     )
 
     state = TrainState(
-        params, target_params, opt_state, buffer, env_state, obs, rng,
+        state.params.replace(net=params), target_params, opt_state, buffer, env_state, obs, rng,
         state.update_step + 1, gradient_step_count,
     )  # fmt: skip
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(info)}
@@ -489,10 +504,12 @@ def train(config: Config, env, env_params, rng: jax.Array, num_updates: int | No
     return jax.lax.scan(lambda s, _: update(config, env, env_params, s), state, None, num_updates)
 
 
-def act(config: Config, params, obs: jax.Array, rng: jax.Array, deterministic: bool = False):
+def act(
+    config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic: bool = False
+):
     """Greedy for E[f(c + Z(s, c, a))], c = obs[..., -1], when deterministic; otherwise
     epsilon-greedy with end_e, the exploration rate that training ends with."""
-    probs = jax.nn.softmax(_network_of(config, params).apply(params, obs))
+    probs = jax.nn.softmax(_network(config, params.action_dim).apply(params.net, obs))
     values = objective_values(config.objective, probs, _support(config), obs[..., -1])
     return jnp.argmax(values, -1) if deterministic else _epsilon_greedy(rng, values, config.end_e)
 

@@ -25,6 +25,10 @@ import numpy as np
 import optax
 from flax import struct
 
+LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+GOAL_CONDITIONED = False
+WRAPS_ENV = False
+
 
 def _field(default, *, static=False, bounds=None, choices=None):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
@@ -136,7 +140,7 @@ BATCH_KEYS = ("observations", "actions", "rewards", "terminals", "next_observati
 
 
 def sample_batch(config: Config, dataset, rng: jax.Array) -> dict:
-    """Rows drawn uniformly with replacement, as the dict ``update`` takes."""
+    """Rows drawn uniformly with replacement, as the dict ``update_on_batch`` takes."""
     idx = jax.random.randint(rng, (config.batch_size,), 0, dataset.rewards.shape[0])
     return {k: getattr(dataset, k)[idx] for k in BATCH_KEYS}
 
@@ -215,7 +219,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     )
 
 
-def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One critic step; the actor and both targets move on every ``policy_freq``-th step."""
     params = state.params
     actor, _ = _networks(config, batch["actions"].shape[-1])
@@ -279,6 +283,12 @@ def update(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, 
     return state, metrics
 
 
+def update(config: Config, dataset, state: TrainState) -> tuple[TrainState, dict]:
+    """One gradient step on a batch sampled inside jit."""
+    rng, batch_key = jax.random.split(state.rng)
+    return update_on_batch(config, state.replace(rng=rng), sample_batch(config, dataset, batch_key))
+
+
 def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = None):
     """init, then num_updates (default: total_updates) gradient steps on uniform batches.
 
@@ -287,13 +297,7 @@ def train(config: Config, dataset, rng: jax.Array, num_updates: int | None = Non
     """
     num_updates = config.num_updates if num_updates is None else num_updates
     state = init(config, dataset, rng)
-
-    def step(state, _):
-        rng, batch_key = jax.random.split(state.rng)
-        batch = sample_batch(config, dataset, batch_key)
-        return update(config, state.replace(rng=rng), batch)
-
-    return jax.lax.scan(step, state, None, num_updates)
+    return jax.lax.scan(lambda state, _: update(config, dataset, state), state, None, num_updates)
 
 
 def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, deterministic=False):

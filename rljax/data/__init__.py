@@ -13,7 +13,17 @@ from rljax.data.dataset import (
     episode_returns,
     sample,
 )
-from rljax.data.files import data_dir, load, resolve
+from rljax.data.files import (
+    D4RL_KINDS,
+    GENERATED_TAGS,
+    MAZE_KINDS,
+    data_dir,
+    generate_command,
+    load,
+    read_metadata,
+    resolve,
+    source_env,
+)
 from rljax.data.minari import episodes_to_arrays, load_minari, read_minari, write_minari
 from rljax.data.ogbench import load_ogbench, read_ogbench, write_ogbench
 from rljax.data.scores import (
@@ -24,7 +34,10 @@ from rljax.data.scores import (
 )
 
 __all__ = [
+    "D4RL_KINDS",
     "D4RL_REFERENCES",
+    "GENERATED_TAGS",
+    "MAZE_KINDS",
     "ChecksumMismatch",
     "Dataset",
     "DatasetError",
@@ -34,10 +47,12 @@ __all__ = [
     "episode_returns",
     "data_dir",
     "episodes_to_arrays",
+    "generate_command",
     "load",
     "load_d4rl",
     "load_minari",
     "load_ogbench",
+    "read_metadata",
     "normalized_score",
     "qlearning_arrays",
     "read_d4rl",
@@ -46,6 +61,7 @@ __all__ = [
     "references",
     "resolve",
     "sample",
+    "source_env",
     "write_d4rl",
     "write_minari",
     "write_ogbench",

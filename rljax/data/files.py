@@ -9,6 +9,7 @@ Minari.
 
 import json
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -23,6 +24,48 @@ def data_dir() -> Path:
     return Path(os.environ.get("RLJAX_DATA_DIR", "~/.rljax/datasets")).expanduser()
 
 
+# The datasets that `rljax data generate` makes, by the env they come from: D4RL-style files
+# <tag>-<kind>.hdf5, and OGBench-style maze files {point,grid}maze-<layout>-<kind>-v0.npz.
+GENERATED_TAGS = {
+    "Pendulum-v1": "pendulum",
+    "brax/hopper": "hopper",
+    "brax/halfcheetah": "halfcheetah",
+    "brax/walker2d": "walker2d",
+}
+D4RL_KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
+MAZE_KINDS = ("navigate", "stitch")
+_MAZE_NAME = re.compile(rf"(point|grid)maze-(\w+)-({'|'.join(MAZE_KINDS)})-v0")
+
+
+def generate_command(name) -> str | None:
+    """The command that makes dataset ``name`` (``pendulum-medium-replay``, or a path to it),
+    or None if it is not one that rljax generates."""
+    path = Path(name)
+    maze = _MAZE_NAME.fullmatch(path.name.removesuffix(".npz"))
+    if maze:
+        kind, layout, task = maze.groups()
+        return f"rljax data generate rljax/{kind.title()}Maze-{layout} --kind {task}"
+    stem = path.name.removesuffix(".hdf5")
+    for env_name, tag in GENERATED_TAGS.items():
+        for kind in D4RL_KINDS:
+            if stem == f"{tag}-{kind}":
+                command = f"rljax data generate {env_name} --kind {kind}"
+                parent = path.expanduser().parent
+                if path.parent != Path(".") and parent.resolve() != data_dir().resolve():
+                    command += f" --out {parent}"
+                return command
+    return None
+
+
+def source_env(metadata: dict) -> dict:
+    """The env a dataset's metadata records, as ``{"name": ..., **make() options}`` (empty if
+    it records none)."""
+    env = metadata.get("env")
+    if isinstance(env, str):
+        return {"name": env}
+    return dict(env) if isinstance(env, dict) and "name" in env else {}
+
+
 def _candidates(name: str) -> list[Path]:
     return [
         data_dir() / f"{name}.hdf5",
@@ -33,10 +76,9 @@ def _candidates(name: str) -> list[Path]:
     ]
 
 
-def resolve(name, hint: str | None = None) -> Path:
+def resolve(name) -> Path:
     """``name`` if it is an existing file or directory, else the first data directory entry
-    called ``name``; DatasetNotFound lists every place looked at, and ``hint`` says how to make
-    the dataset."""
+    called ``name``; DatasetNotFound lists every place looked at and how to make the dataset."""
     path = Path(name).expanduser()
     if path.exists():
         return path
@@ -45,13 +87,21 @@ def resolve(name, hint: str | None = None) -> Path:
         return found[0]
     looked = [path] if "/" in str(name) else [path, *_candidates(str(name))]
     where = "\n".join(f"  {p}" for p in looked)
-    how = hint or "generate it with `rljax data generate ENV --kind KIND`, or copy it there"
+    command = generate_command(name)
+    if command is not None:
+        how = f"make it with: {command}"
+    else:
+        tags = ", ".join(f"{tag} ({env})" for env, tag in GENERATED_TAGS.items())
+        how = (
+            f"`rljax data generate ENV --kind KIND` writes <tag>-<kind>.hdf5 there; tags: {tags}; "
+            f"kinds: {', '.join(D4RL_KINDS)}; or copy the dataset there"
+        )
     raise DatasetNotFound(f"no dataset {name!r}; looked at:\n{where}\n{how}")
 
 
-def load(name, verify: bool = True, hint: str | None = None) -> tuple[Dataset, dict]:
+def load(name, verify: bool = True) -> tuple[Dataset, dict]:
     """The dataset (on device) and its metadata, whatever its layout."""
-    path = resolve(name, hint)
+    path = resolve(name)
     if path.is_dir():
         return minari.load_minari(path, verify=verify)
     if path.suffix == ".npz":
@@ -59,9 +109,9 @@ def load(name, verify: bool = True, hint: str | None = None) -> tuple[Dataset, d
     return d4rl.load_d4rl(path, verify=verify)
 
 
-def metadata(name, hint: str | None = None) -> dict:
+def read_metadata(name) -> dict:
     """A dataset's metadata without reading its arrays."""
-    path = resolve(name, hint)
+    path = resolve(name)
     try:
         if path.is_dir():
             return json.loads((path / "metadata.json").read_text())

@@ -84,45 +84,78 @@ def _base_env(name: str, backend: str | None):
     raise _unknown(name)
 
 
-def make(
-    name: str,
-    *,
-    normalize_obs: bool = False,
-    normalize_reward: bool = False,
-    reward_gamma: float = 0.99,
-    flatten_obs: bool = False,
-    unit_actions: bool = False,
-    backend: str | None = None,
-    **params,
-):
+# Options that belong to one training run (their statistics live in its train state), not to
+# the env: evaluation, datasets and exported policies see the env without them.
+NORMALIZATION = ("normalize_obs", "normalize_reward", "reward_gamma")
+
+
+# wrap()'s named options; every other keyword of make() is an environment parameter.
+WRAPPER_OPTIONS = (
+    "flatten_obs",
+    "unit_actions",
+    "normalize_obs",
+    "normalize_reward",
+    "reward_gamma",
+)
+
+
+def without_normalization(options: dict) -> dict:
+    """``options`` (``make``'s, with or without ``name``) less the running normalization."""
+    return {k: v for k, v in options.items() if k not in NORMALIZATION}
+
+
+def make(name: str, *, backend: str | None = None, inner_wrapper=None, **options):
     """Returns ``(env, env_params)`` with the gymnax 1.0 step API, auto-reset and episode stats.
 
     Args:
       name: an environment name (see the module docstring and ``names()``).
-      normalize_obs: normalize observations by running moments shared across the vmapped envs.
-      normalize_reward: divide rewards by the running std of the discounted return.
-      reward_gamma: the discount of that return.
-      flatten_obs: flatten observations to vectors (MinAtar's images for an MLP).
-      unit_actions: continuous actions in [-1, 1], mapped onto the env's bounds (the D4RL
-        convention, which offline datasets follow).
       backend: the brax physics backend (brax environments only; default "positional").
-      **params: overrides of the environment's parameters, e.g. ``max_steps_in_episode=200``.
-
-    Wrappers, inside out: episode statistics on the raw rewards, flattening, action clipping to
-    the action space's bounds (continuous actions), [-1, 1] actions, observation normalization,
-    reward scaling.
+      inner_wrapper: ``env -> env`` applied beneath the normalization wrappers (dataset
+        generation records raw transitions there).
+      **options: ``wrap``'s options, and overrides of the environment's parameters, e.g.
+        ``max_steps_in_episode=200``.
     """
+    wrapping = {k: options.pop(k) for k in WRAPPER_OPTIONS if k in options}
     env, env_params = _base_env(name, backend)
     valid = {f.name for f in dataclasses.fields(env_params)}
-    unknown = sorted(set(params) - valid)
+    unknown = sorted(set(options) - valid)
     if unknown:
         raise InvalidEnvironmentOption(
             f"{name} has no parameter {', '.join(unknown)}; its parameters are: "
-            f"{', '.join(sorted(valid))}"
+            f"{', '.join(sorted(valid))}; and make()'s options: {', '.join(WRAPPER_OPTIONS)}"
         )
-    env_params = env_params.replace(**params)
+    env_params = env_params.replace(**options)
     if hasattr(env, "check_params"):  # an env that validates its parameters (rljax's own)
         env.check_params(env_params)
+    return wrap(env, env_params, name=name, inner_wrapper=inner_wrapper, **wrapping)
+
+
+def wrap(
+    env,
+    env_params,
+    *,
+    name: str = "the env",
+    flatten_obs: bool = False,
+    unit_actions: bool = False,
+    normalize_obs: bool = False,
+    normalize_reward: bool = False,
+    reward_gamma: float = 0.99,
+    inner_wrapper=None,
+):
+    """The one place that turns named options into wrappers; returns ``(env, env_params)``.
+
+    Args:
+      flatten_obs: flatten observations to vectors (MinAtar's images for an MLP).
+      unit_actions: continuous actions in [-1, 1], mapped onto the env's bounds (the D4RL
+        convention, which offline datasets follow).
+      normalize_obs: normalize observations by running moments shared across the vmapped envs.
+      normalize_reward: divide rewards by the running std of the discounted return.
+      reward_gamma: the discount of that return.
+
+    Wrappers, inside out: episode statistics on the raw rewards, flattening, action clipping to
+    the action space's bounds (continuous actions), [-1, 1] actions, ``inner_wrapper``,
+    observation normalization, reward scaling.
+    """
     env = LogWrapper(env)
     if flatten_obs:
         env = FlattenObservationWrapper(env)
@@ -135,6 +168,8 @@ def make(
                 f"unit_actions applies to continuous actions; {name} has none"
             )
         env = UnitActions(env)
+    if inner_wrapper is not None:
+        env = inner_wrapper(env)
     if normalize_obs:
         env = NormalizeObservation(env)
     if normalize_reward:
@@ -142,4 +177,12 @@ def make(
     return env, env_params
 
 
-__all__ = ["InvalidEnvironmentOption", "UnknownEnvironment", "make", "names"]
+__all__ = [
+    "NORMALIZATION",
+    "InvalidEnvironmentOption",
+    "UnknownEnvironment",
+    "make",
+    "names",
+    "without_normalization",
+    "wrap",
+]

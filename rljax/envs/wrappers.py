@@ -34,6 +34,7 @@ __all__ = [
     "NormalizeObservation",
     "RunningMoments",
     "ScaleReward",
+    "env_action",
     "find_state",
     "normalize",
 ]
@@ -84,16 +85,29 @@ def find_state(env_state: Any, state_type: type) -> Any:
     return None
 
 
+def env_action(env, action, params=None):
+    """The action that the innermost env executes when ``action`` is given to ``env``: each
+    action wrapper's map (``UnitActions``' scaling, ``ClipAction``'s clip), outside in. A policy
+    that acts through the wrappers leaves the library in the env's own units this way."""
+    while isinstance(env, GymnaxWrapper):
+        if isinstance(env, ClipAction | UnitActions):
+            action = env.action(action, params)
+        env = env._env
+    return action
+
+
 class ClipAction(GymnaxWrapper):
     """Clips continuous actions to the action space's bounds before the env sees them.
 
     Agents compute log-probabilities on the unclipped sample, as PureJaxRL does.
     """
 
-    def step(self, key, state, action, params=None):
+    def action(self, action, params=None):
         space = self._env.action_space(params)
-        action = jnp.clip(action, space.low, space.high)
-        return self._env.step(key, state, action, params)
+        return jnp.clip(action, space.low, space.high)
+
+    def step(self, key, state, action, params=None):
+        return self._env.step(key, state, self.action(action, params), params)
 
 
 class UnitActions(GymnaxWrapper):
@@ -107,10 +121,12 @@ class UnitActions(GymnaxWrapper):
         space = self._env.action_space(params)
         return spaces.Box(-1.0, 1.0, space.shape, space.dtype)
 
-    def step(self, key, state, action, params=None):
+    def action(self, action, params=None):
         space = self._env.action_space(params)
-        action = space.low + (jnp.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (space.high - space.low)
-        return self._env.step(key, state, action, params)
+        return space.low + (jnp.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (space.high - space.low)
+
+    def step(self, key, state, action, params=None):
+        return self._env.step(key, state, self.action(action, params), params)
 
 
 @struct.dataclass

@@ -76,7 +76,7 @@ def _check(name: str, value, field: dataclasses.Field) -> None:
             raise FieldOutOfRange(f"{name}={value!r} is out of range: it must lie in {bounds}")
 
 
-def build(config_cls, overrides: dict):
+def make_config(config_cls, overrides: dict):
     """The agent's default Config with ``overrides`` applied, each coerced and validated."""
     fields = _fields(config_cls)
     unknown = sorted(set(overrides) - set(fields))
@@ -89,21 +89,7 @@ def build(config_cls, overrides: dict):
     for name, value in overrides.items():
         values[name] = _coerce(name, value, fields[name].default)
         _check(name, values[name], fields[name])
-    config = config_cls(**values)
-    _check_goal_mixtures(config)
-    return config
-
-
-def _check_goal_mixtures(config) -> None:
-    """Goal-conditioned agents mix goals with OGBench's ``{value,actor}_p_{curgoal,trajgoal,
-    randomgoal}`` probabilities; each triple must sum to 1. (The agents check this in ``init``
-    too, but only for concrete configs, and the runner's are traced there.)"""
-    for prefix in ("value", "actor"):
-        names = [f"{prefix}_p_{kind}goal" for kind in ("cur", "traj", "random")]
-        if all(hasattr(config, name) for name in names):
-            total = sum(float(getattr(config, name)) for name in names)
-            if abs(total - 1) > 1e-6:
-                raise FieldOutOfRange(f"{' + '.join(names)} = {total:.6g}; they must sum to 1")
+    return config_cls(**values)
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:

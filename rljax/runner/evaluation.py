@@ -1,31 +1,17 @@
-"""Vectorized evaluation episodes: all in one jit, the first episode of each env counted.
+"""Policies in vectorized envs: one rollout function, and evaluation episodes built on it.
 
-Used by ``rljax eval`` and, inside the jitted chunks, by offline and goal-conditioned runs.
-Goal-conditioned agents are those whose ``act`` takes a ``goal``; their envs keep the goal
-observation in the env state's ``goal`` field and list ``num_tasks`` fixed evaluation tasks
-(``EnvParams.task_id`` 1..num_tasks), each evaluated equally often.
+``rollout`` steps a batch of envs under a policy and keeps what a caller asks of each step;
+evaluation keeps the episode statistics (the first episode of each env counts), and dataset
+generation keeps whole transitions. Goal-conditioned envs keep the goal in the env state's
+``goal`` field and list ``num_tasks`` fixed evaluation tasks (``EnvParams.task_id``
+1..num_tasks), each evaluated equally often.
 """
-
-import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rljax import envs
 from rljax.envs.wrappers import ENV_AXIS, normalize
-
-
-def unnormalized_env(env_spec: dict):
-    """The run's env without normalization wrappers, so returns are in the env's own units."""
-    options = {k: v for k, v in env_spec.items() if k not in ("name", "normalize_obs")}
-    options.pop("normalize_reward", None)
-    options.pop("reward_gamma", None)
-    return envs.make(env_spec["name"], **options)
-
-
-def is_goal_conditioned(agent) -> bool:
-    return "goal" in inspect.signature(agent.act).parameters
 
 
 def goal_of(env_state):
@@ -36,18 +22,56 @@ def goal_of(env_state):
 
 
 def agent_policy(agent, config, params, deterministic: bool, moments=None):
-    """``policy(obs, env_state, key) -> action`` on raw observations, with frozen moments."""
-    goal_conditioned = is_goal_conditioned(agent)
+    """``policy(obs, env_state, key) -> action`` of a declared agent (``rljax.agents.
+    declaration``) on raw observations, with frozen normalization moments."""
 
     def policy(obs, env_state, key):
         if moments is not None:
             obs = normalize(obs, moments)
-        if goal_conditioned:
+        if agent.goal_conditioned:
             goal = goal_of(env_state)
-            return agent.act(config, params, obs, goal, key, deterministic=deterministic)
-        return agent.act(config, params, obs, key, deterministic=deterministic)
+            return agent.module.act(config, params, obs, goal, key, deterministic=deterministic)
+        return agent.module.act(config, params, obs, key, deterministic=deterministic)
 
     return policy
+
+
+def rollout(policy, env, env_params, num_envs: int, num_steps: int, key, keep, params_axes=None):
+    """``num_steps`` steps of ``policy`` in ``num_envs`` vmapped envs, time-major.
+
+    ``policy(obs, env_state, key) -> action`` acts on the batch; ``keep(obs, action, reward,
+    terminated, truncated, info)`` says what to stack of each step (``obs`` is the observation
+    the action answers); ``params_axes`` are ``env_params``' vmap axes when they differ per env.
+    """
+    reset = jax.vmap(env.reset, in_axes=(0, params_axes), axis_name=ENV_AXIS)
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, params_axes), axis_name=ENV_AXIS)
+    key, reset_key = jax.random.split(key)
+    first = reset(jax.random.split(reset_key, num_envs), env_params)
+
+    def one_step(carry, key):
+        obs, env_state = carry
+        action_key, step_key = jax.random.split(key)
+        action = policy(obs, env_state, action_key)
+        next_obs, env_state, reward, terminated, truncated, info = step(
+            jax.random.split(step_key, num_envs), env_state, action, env_params
+        )
+        return (next_obs, env_state), keep(obs, action, reward, terminated, truncated, info)
+
+    return jax.lax.scan(one_step, first, jax.random.split(key, num_steps))[1]
+
+
+def first_episode_returns(policy, env, env_params, num_envs: int, key, params_axes=None):
+    """The return of the first episode of each of ``num_envs`` vmapped envs, (num_envs,); 0
+    for an env whose first episode does not end within ``max_steps_in_episode`` steps."""
+
+    def keep(obs, action, reward, terminated, truncated, info):
+        return info["returned_episode"], info["returned_episode_returns"]
+
+    num_steps = int(np.max(env_params.max_steps_in_episode))
+    ended, returns = rollout(policy, env, env_params, num_envs, num_steps, key, keep, params_axes)
+    first = jnp.argmax(ended, axis=0)
+    returns = jnp.take_along_axis(returns, first[None], axis=0)[0]
+    return jnp.where(ended.any(0), returns, 0.0)
 
 
 def episode_params(env, env_params, episodes: int):
@@ -61,36 +85,8 @@ def episode_params(env, env_params, episodes: int):
     return env_params.replace(task_id=jnp.asarray(tasks)), axes, len(tasks)
 
 
-def evaluate(agent, config, params, env, env_params, episodes, key, deterministic, moments=None):
-    """Returns of one agent's evaluation episodes (for goal-conditioned envs: successes)."""
-    policy = agent_policy(agent, config, params, deterministic, moments)
+def evaluate_policy(policy, env, env_params, episodes: int, key):
+    """Returns of ``episodes`` episodes of ``policy`` (per task, for goal-conditioned envs,
+    whose returns are successes)."""
     env_params, axes, num_envs = episode_params(env, env_params, episodes)
-    return episode_returns(policy, env, env_params, num_envs, key, axes)
-
-
-def episode_returns(policy, env, env_params, num_envs: int, key, params_axes=None):
-    """The return of the first episode of each of ``num_envs`` vmapped envs, (num_envs,).
-
-    ``policy(obs, env_state, key) -> action`` acts on the batch of envs; ``params_axes``
-    are ``env_params``' vmap axes when they differ per env.
-    """
-    reset = jax.vmap(env.reset, in_axes=(0, params_axes), axis_name=ENV_AXIS)
-    step = jax.vmap(env.step, in_axes=(0, 0, 0, params_axes), axis_name=ENV_AXIS)
-    key, reset_key = jax.random.split(key)
-    obs, env_state = reset(jax.random.split(reset_key, num_envs), env_params)
-    first = (obs, env_state, jnp.zeros(num_envs), jnp.zeros(num_envs, bool))
-
-    def one_step(carry, key):
-        obs, env_state, returns, finished = carry
-        action_key, step_key = jax.random.split(key)
-        action = policy(obs, env_state, action_key)
-        obs, env_state, _, _, _, info = step(
-            jax.random.split(step_key, num_envs), env_state, action, env_params
-        )
-        ended = info["returned_episode"] & ~finished
-        returns = jnp.where(ended, info["returned_episode_returns"], returns)
-        return (obs, env_state, returns, finished | info["returned_episode"]), None
-
-    keys = jax.random.split(key, int(np.max(env_params.max_steps_in_episode)))
-    (_, _, returns, _), _ = jax.lax.scan(one_step, first, keys)
-    return returns
+    return first_episode_returns(policy, env, env_params, num_envs, key, axes)

@@ -1,33 +1,40 @@
-"""Trained agents back from a run directory: ``load_policy`` and vectorized evaluation.
+"""Trained agents back from a run directory alone: ``load_policy``, ``evaluate_run`` and
+``export_policy``.
 
-A policy acts on raw observations: it applies the observation normalization saved with the
-run, frozen, and evaluation runs on the environment without normalization wrappers, so returns
-are in the environment's own reward units.
+A policy acts on the env's raw observations and returns actions in the env's own units: it
+applies the observation normalization saved with the run, frozen, then the agent's ``act``,
+then the action wrappers' maps (``rljax.envs.wrappers.env_action``: [-1, 1] actions scaled
+onto the bounds, clipped to them). Evaluation runs on the env without normalization wrappers,
+so returns are in the env's own reward units. Nothing here reads the training dataset.
 """
 
+import json
+import pickle
 from pathlib import Path
 
 import jax
 
-from rljax.envs.wrappers import NormalizeObservationState, find_state
+from rljax import envs
+from rljax.envs.wrappers import NormalizeObservationState, env_action, find_state, normalize
 from rljax.runner import evaluation
 from rljax.runner.checkpoint import Checkpoints
-from rljax.runner.evaluation import agent_policy, is_goal_conditioned, unnormalized_env
-from rljax.runner.run import Program, RunError, RunSpec, build
+from rljax.runner.loop import STATE_STRUCTURE
+from rljax.runner.program import Program, build_program
+from rljax.runner.spec import RunError, load_run
 
 
 def restore(run_dir) -> tuple[Program, object, int]:
-    """The run's program, its latest checkpointed train state (all members), and its update."""
+    """The run's program (without its dataset), its latest checkpointed train state (all
+    members) and that state's update."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise RunError(f"{run_dir} is not a run directory (it has no config.yaml)")
-    program = build(RunSpec.load(run_dir / "config.yaml"))
+    program = build_program(load_run(run_dir), load_dataset=False)
     checkpoints = Checkpoints(run_dir / "checkpoints")
     step = checkpoints.latest_step()
-    if step is None:
+    if step is None or not (run_dir / STATE_STRUCTURE).exists():
+        checkpoints.close()
         raise RunError(f"{run_dir} has no finished checkpoint yet")
-    shapes = jax.eval_shape(program.init_fn(), program.stacked, program.keys)
-    state = checkpoints.restore(step, program.abstract(shapes))
+    structure = pickle.loads((run_dir / STATE_STRUCTURE).read_bytes())
+    state = checkpoints.restore(step, program.abstract(structure))
     checkpoints.close()
     return program, state, step
 
@@ -38,40 +45,86 @@ def _observation_moments(state):
     return None if found is None else jax.tree.map(lambda x: x[:, 0], found.moments)
 
 
-def load_policy(run_dir, member: int = 0, deterministic: bool = False):
-    """``policy(obs, rng) -> action`` of one trained member, on raw observations;
-    ``policy(obs, goal, rng)`` for a goal-conditioned agent."""
-    program, state, _ = restore(run_dir)
+def member_policy(program: Program, state, member: int, deterministic: bool):
+    """``policy(obs, rng)`` of one member, or ``policy(obs, goal, rng)`` for a goal-conditioned
+    agent: raw observations in, the env's own action units out (unbatched or batched)."""
     if not 0 <= member < len(program.members):
         raise RunError(f"member={member} is out of range: the run has {len(program.members)}")
     config, params = jax.tree.map(lambda x: x[member], (program.stacked, state.params))
     moments = _observation_moments(state)
     moments = None if moments is None else jax.tree.map(lambda x: x[member], moments)
-    if is_goal_conditioned(program.agent):
-        act = program.agent.act
-        return jax.jit(lambda obs, goal, rng: act(config, params, obs, goal, rng, deterministic))
-    policy = agent_policy(program.agent, config, params, deterministic, moments)
-    return jax.jit(lambda obs, rng: policy(obs, None, rng))
+    act, env, env_params = program.agent.module.act, program.env, program.env_params
+
+    def policy(obs, *goal_and_rng):
+        if moments is not None:
+            obs = normalize(obs, moments)
+        action = act(config, params, obs, *goal_and_rng, deterministic=deterministic)
+        return env_action(env, action, env_params)
+
+    return policy
 
 
-def evaluate(run_dir, episodes: int = 16, deterministic: bool = False, seed: int = 0):
+def load_policy(run_dir, member: int = 0, deterministic: bool = False):
+    """The jitted ``policy(obs, rng) -> action`` of one trained member (``policy(obs, goal,
+    rng)`` for a goal-conditioned agent), from the run directory alone."""
+    program, state, _ = restore(run_dir)
+    return jax.jit(member_policy(program, state, member, deterministic))
+
+
+def export_policy(run_dir, out, member: int = 0, deterministic: bool = True) -> dict:
+    """Writes ``out``, a serialized ``jax.export`` of the policy for one observation (and goal)
+    and a ``jax.random.PRNGKey``, and ``out.json``, its signature. Running it needs jax alone:
+    ``jax.export.deserialize(out.read_bytes()).call(obs, key)``."""
+    program, state, step = restore(run_dir)
+    policy = member_policy(program, state, member, deterministic)
+    obs = jax.eval_shape(program.env.reset, jax.random.PRNGKey(0), program.env_params)[0]
+    key = jax.eval_shape(jax.random.PRNGKey, 0)  # a raw uint32 key, as PRNGKey makes
+    goal = (obs,) if program.agent.goal_conditioned else ()
+    exported = jax.export.export(jax.jit(policy))(obs, *goal, key)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(exported.serialize())
+    signature = {
+        "run_dir": str(run_dir),
+        "algo": program.spec.algo,
+        "env": program.spec.env,
+        "member": member,
+        "update": step,
+        "deterministic": deterministic,
+        "inputs": [
+            {"name": name, "shape": list(x.shape), "dtype": str(x.dtype)}
+            for name, x in zip(
+                ["obs", *(["goal"] * len(goal)), "key"], [obs, *goal, key], strict=True
+            )
+        ],
+        "outputs": [
+            {"name": "action", "shape": list(a.shape), "dtype": str(a.dtype)}
+            for a in exported.out_avals
+        ],
+        "call": "jax.export.deserialize(open(OUT, 'rb').read()).call(obs, "
+        + ("goal, " if goal else "")
+        + "jax.random.PRNGKey(seed))",
+    }
+    Path(f"{out}.json").write_text(json.dumps(signature, indent=2))
+    return signature
+
+
+def evaluate_run(run_dir, episodes: int = 16, deterministic: bool = False, seed: int = 0):
     """Returns of ``episodes`` fresh episodes per member (per task, for goal-conditioned envs),
-    (members, episodes x tasks), all in one jit."""
+    (members, episodes x tasks), all in one jit; with the program and the checkpoint's update."""
     if episodes < 1:
         raise RunError(f"episodes={episodes} is out of range: it must be >= 1")
     program, state, step = restore(run_dir)
-    env, env_params = unnormalized_env(program.spec.env)
-    wrap_env = getattr(program.agent, "wrap_env", None)
+    env, env_params = envs.make(**envs.without_normalization(program.spec.env))
+    agent = program.agent
 
     def member_returns(config, params, moments, key):
         # The agent's wrapper, given its trained params (stock_dqn chooses its initial stock).
         member_env, member_params = (env, env_params)
-        if wrap_env is not None:
-            member_env, member_params = wrap_env(config, env, env_params, params)
-        return evaluation.evaluate(
-            program.agent, config, params, member_env, member_params, episodes, key,
-            deterministic, moments,
-        )  # fmt: skip
+        if agent.wraps_env:
+            member_env, member_params = agent.module.wrap_env(config, env, env_params, params)
+        policy = evaluation.agent_policy(agent, config, params, deterministic, moments)
+        return evaluation.evaluate_policy(policy, member_env, member_params, episodes, key)
 
     keys = jax.random.split(jax.random.PRNGKey(seed), len(program.members))
     moments = _observation_moments(state)

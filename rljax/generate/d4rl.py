@@ -26,6 +26,7 @@ the file (``rljax.data.d4rl``), with the reference returns under Minari's keys
 
 import dataclasses
 import importlib.metadata
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,122 +37,21 @@ import numpy as np
 from flax import struct
 from gymnax.wrappers.purerl import GymnaxWrapper
 
-from rljax import agents
-from rljax.data import maze_datasets
-from rljax.data.d4rl import write_d4rl
-from rljax.data.dataset import episode_returns
-from rljax.data.files import data_dir, resolve
-from rljax.envs import maze
-from rljax.envs.wrappers import (
-    ENV_AXIS,
-    NormalizeObservation,
-    NormalizeObservationState,
-    ScaleReward,
-    find_state,
-)
+from rljax import agents, envs
+from rljax.data import D4RL_KINDS, data_dir, episode_returns, write_d4rl
+from rljax.envs.wrappers import NormalizeObservationState, find_state
+from rljax.generate.recipes import RECIPES, Recipe, data_env, recipe_for
 from rljax.runner import config as config_lib
 from rljax.runner import evaluation
-from rljax.runner.evaluation import agent_policy, unnormalized_env
+from rljax.runner.loop import train
+from rljax.runner.spec import RunSpec
 
-KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
-
-
-class UnknownRecipe(ValueError):
-    """No generation recipe for an environment; the message lists the recipes."""
+KINDS = D4RL_KINDS
+__all__ = ["KINDS", "RECIPES", "BehaviourFailed", "behaviour", "generate_all", "generate_dataset"]
 
 
 class BehaviourFailed(RuntimeError):
     """The behaviour agent ended no better than the random policy: no scale for medium."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """How to generate an environment's datasets.
-
-    ``env`` are the ``rljax.envs.make`` options the behaviour agent trains on (the datasets'
-    env drops the normalization options); ``agent`` the behaviour agent's Config fields. The
-    agent trains in chunks of ``chunk_updates`` updates, its deterministic policy evaluated on
-    ``eval_episodes`` episodes after each; the references average ``reference_evals`` such
-    evaluations of the final policy and of uniform actions. ``transitions`` is the size of the
-    random, medium and expert datasets, rolled out in ``rollout_envs`` parallel streams.
-    """
-
-    tag: str  # file names: <tag>-<kind>.hdf5
-    env: dict
-    agent: dict
-    transitions: int
-    rollout_envs: int
-    chunk_updates: int
-    algo: str = "sac"
-    eval_episodes: int = 20
-    reference_evals: int = 5  # evaluations averaged into the random and expert references
-
-
-def _brax(name: str, preset: dict, total_timesteps: int) -> Recipe:
-    # D4RL's sizes: 1M transitions, here as 100 streams of 10,000 steps (1000-step episodes).
-    return Recipe(
-        tag=name,
-        env={"name": f"brax/{name}", "normalize_obs": True},
-        agent={**preset, "total_timesteps": total_timesteps},
-        transitions=1_000_000,
-        rollout_envs=100,
-        chunk_updates=512,  # 65536 env steps: 80-100 snapshots to choose the medium one from
-    )
-
-
-# brax's SAC settings (configs/sac/brax_*.yaml); sized for a GPU.
-_BRAX_SAC = {
-    "num_envs": 128, "num_steps": 1, "utd_ratio": 0.5, "batch_size": 512,
-    "buffer_size": 1_048_576, "learning_starts": 8192, "hidden_sizes": [256, 256],
-    "actor_lr": 6e-4, "critic_lr": 6e-4, "alpha_lr": 6e-4, "gamma": 0.99, "tau": 0.005,
-    "reward_scale": 1.0,
-}  # fmt: skip
-
-RECIPES: dict[str, Recipe] = {
-    # SAC slowed down from configs/sac/pendulum.yaml (16 envs, one gradient step per 8 env
-    # steps, lr 3e-4) so that it passes a third of expert after ~100 mixed-quality episodes:
-    # medium-replay then spans random to medium, as D4RL's. About -155 after 96k steps.
-    "Pendulum-v1": Recipe(
-        tag="pendulum",
-        env={"name": "Pendulum-v1", "unit_actions": True},
-        agent={
-            "num_envs": 16,
-            "num_steps": 1,
-            "utd_ratio": 0.125,
-            "batch_size": 128,
-            "buffer_size": 100_000,
-            "learning_starts": 1600,
-            "total_timesteps": 96_000,
-            "hidden_sizes": [64, 64],
-            "actor_lr": 3e-4,
-            "critic_lr": 3e-4,
-            "alpha_lr": 3e-4,
-            "gamma": 0.99,
-            "tau": 0.005,
-        },
-        transitions=100_000,
-        rollout_envs=50,  # 2000 steps each: 10 whole episodes of 200 steps
-        chunk_updates=25,  # 400 env steps per snapshot
-    ),
-    "brax/hopper": _brax("hopper", {**_BRAX_SAC, "gamma": 0.997, "reward_scale": 30.0}, 6_553_600),
-    "brax/halfcheetah": _brax("halfcheetah", _BRAX_SAC, 5_242_880),
-    # No tuned SAC preset for walker2d yet: halfcheetah's.
-    "brax/walker2d": _brax("walker2d", _BRAX_SAC, 5_242_880),
-}
-
-
-def recipe_for(env_name: str) -> Recipe:
-    if env_name not in RECIPES:
-        raise UnknownRecipe(
-            f"no dataset recipe for {env_name!r}; recipes exist for: {', '.join(RECIPES)}"
-        )
-    return RECIPES[env_name]
-
-
-def data_env(recipe: Recipe) -> dict:
-    """The make() options of the env the data comes from: raw observations and rewards."""
-    drop = ("normalize_obs", "normalize_reward", "reward_gamma")
-    return {k: v for k, v in recipe.env.items() if k not in drop}
 
 
 # --- Recording the behaviour agent's own steps (medium-replay) ---
@@ -240,24 +140,15 @@ def rollout(env, env_params, policy, num_transitions: int, key, num_envs: int) -
         raise ValueError(f"num_transitions={num_transitions} and num_envs={num_envs} must be >= 1")
     steps = -(-num_transitions // num_envs)
 
+    def clipped(obs, env_state, key):
+        return jnp.clip(policy(obs, env_state, key), -1.0, 1.0)
+
+    def keep(obs, action, reward, terminated, truncated, info):
+        return _row(obs, action, reward, terminated, truncated, info["final_observation"])
+
     @jax.jit
     def run(key):
-        reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
-        step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
-        key, reset_key = jax.random.split(key)
-        obs, env_state = reset(jax.random.split(reset_key, num_envs), env_params)
-
-        def one_step(carry, key):
-            obs, env_state = carry
-            action_key, step_key = jax.random.split(key)
-            action = jnp.clip(policy(obs, env_state, action_key), -1.0, 1.0)
-            next_obs, env_state, reward, terminated, truncated, info = step(
-                jax.random.split(step_key, num_envs), env_state, action, env_params
-            )
-            row = _row(obs, action, reward, terminated, truncated, info["final_observation"])
-            return (next_obs, env_state), row
-
-        _, rows = jax.lax.scan(one_step, (obs, env_state), jax.random.split(key, steps))
+        rows = evaluation.rollout(clipped, env, env_params, num_envs, steps, key, keep)
         return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rows)  # (envs, steps, ...)
 
     return _streams_to_rows(jax.device_get(run(key)), num_transitions)
@@ -292,7 +183,7 @@ class Behaviour:
     """What ``behaviour`` trained and recorded, on the host."""
 
     recipe: Recipe
-    agent: Any  # the agent module
+    agent: agents.Declaration
     config: Any
     env_steps: list  # env steps after each chunk
     returns: list  # deterministic evaluation return after each chunk
@@ -305,13 +196,13 @@ class Behaviour:
 
     def policy(self, snapshot: int, deterministic: bool = False):
         params, moments = self.snapshots[snapshot]
-        return agent_policy(self.agent, self.config, params, deterministic, moments)
+        return evaluation.agent_policy(self.agent, self.config, params, deterministic, moments)
 
 
 def _moments(env_state):
-    """The (shared) normalization moments of a batch of env states, or None."""
+    """The (shared) normalization moments of the first member's envs, or None."""
     found = find_state(env_state, NormalizeObservationState)
-    return None if found is None else jax.tree.map(lambda x: x[0], found.moments)
+    return None if found is None else jax.tree.map(lambda x: x[0, 0], found.moments)
 
 
 def _check_recipe(recipe: Recipe, config, env, env_params) -> None:
@@ -331,70 +222,58 @@ def _check_recipe(recipe: Recipe, config, env, env_params) -> None:
 
 
 def behaviour(recipe: Recipe, seed: int = 0, print_fn=print) -> Behaviour:
-    """Trains the recipe's behaviour agent once, in jitted chunks, and records its run.
+    """Trains the recipe's behaviour agent once through the runner, recording its run.
 
-    After each chunk: the deterministic policy's return on ``eval_episodes`` episodes (the
-    same evaluation key every time, so snapshots are compared on the same episodes), and a
-    snapshot of params and frozen observation moments. The medium snapshot is chosen after
-    training, once the expert return is known.
+    After each chunk (the runner's ``on_chunk``): the deterministic policy's return on
+    ``eval_episodes`` episodes (the same evaluation key every time, so snapshots are compared
+    on the same episodes), a snapshot of params and frozen observation moments, and the
+    transitions the Recorder kept. The medium snapshot is chosen after training, once the
+    expert return is known. The run directory is temporary: the datasets are the product.
     """
-    agent = agents.get(recipe.algo)
-    config = config_lib.build(agent.Config, recipe.agent)
-    raw_env, env_params = unnormalized_env(recipe.env)
+    agent = agents.declaration(recipe.algo)
+    config = config_lib.make_config(agent.module.Config, recipe.agent)
+    raw_env, env_params = envs.make(**data_env(recipe))
     _check_recipe(recipe, config, raw_env, env_params)
     env_steps_per_chunk = recipe.chunk_updates * config.steps_per_update // config.num_envs
-    env = Recorder(raw_env, env_steps_per_chunk)
-    if recipe.env.get("normalize_obs"):
-        env = NormalizeObservation(env)
-    if recipe.env.get("normalize_reward"):
-        env = ScaleReward(env, recipe.env.get("reward_gamma", 0.99))
-
-    root = jax.random.PRNGKey(seed)
-    train_key, eval_key, random_key, expert_key = jax.random.split(root, 4)
-    start = time.perf_counter()
-    # Strong dtypes throughout (gymnax's Pendulum starts with a weakly typed last_u), so the
-    # first chunk's state matches the next ones' and the chunk compiles once.
-    state = jax.jit(
-        lambda key: jax.tree.map(
-            lambda x: x.astype(x.dtype), agent.init(config, env, env_params, key)
-        )
-    )(train_key)
-
-    def chunk(state):
-        def one_update(state, _):
-            return agent.update(config, env, env_params, state)
-
-        return jax.lax.scan(one_update, state, None, recipe.chunk_updates)[0]
+    eval_key, random_key, expert_key = jax.random.split(jax.random.PRNGKey(seed), 3)
 
     @jax.jit
     def deterministic_returns(params, moments, key):
-        episodes = recipe.eval_episodes
-        return evaluation.evaluate(
-            agent, config, params, raw_env, env_params, episodes, key, True, moments
-        )
+        policy = evaluation.agent_policy(agent, config, params, True, moments)
+        return evaluation.evaluate_policy(policy, raw_env, env_params, recipe.eval_episodes, key)
 
-    chunk = jax.jit(chunk, donate_argnums=0)
-    num_chunks = config.num_updates // recipe.chunk_updates
     env_steps, returns, snapshots, recordings = [], [], [], []
-    for i in range(num_chunks):
-        state = chunk(state)
+
+    def on_chunk(done, state):
         recorder = find_state(state.env_state, RecorderState)
-        if int(recorder.steps[0]) != (i + 1) * env_steps_per_chunk:
+        if int(recorder.steps[0, 0]) != done // recipe.chunk_updates * env_steps_per_chunk:
             raise RuntimeError(f"{recipe.algo} did not step each env {env_steps_per_chunk} times")
-        recordings.append(jax.device_get(recorder.data))  # (num_envs, steps per chunk, ...)
-        snapshots.append(jax.device_get((state.params, _moments(state.env_state))))
+        recordings.append(jax.device_get(jax.tree.map(lambda x: x[0], recorder.data)))
+        params = jax.tree.map(lambda x: x[0], state.params)
+        snapshots.append(jax.device_get((params, _moments(state.env_state))))
         returns.append(float(deterministic_returns(*snapshots[-1], eval_key).mean()))
-        env_steps.append((i + 1) * recipe.chunk_updates * config.steps_per_update)
-        if i % max(1, num_chunks // 20) == 0 or i == num_chunks - 1:
-            elapsed = time.perf_counter() - start
-            print_fn(
-                f"  env steps {env_steps[-1]:>9d}  return {returns[-1]:9.1f}  ({elapsed:.0f}s)"
-            )
+        env_steps.append(done * config.steps_per_update)
+
+    spec = RunSpec(
+        algo=recipe.algo, env=recipe.env, agent=recipe.agent, seed=seed,
+        chunk_updates=recipe.chunk_updates,
+    )  # fmt: skip
+
+    def progress(line):  # the run directory is temporary: not worth naming
+        if not line.startswith("results in "):
+            print_fn(line)
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rljax-behaviour-") as run_dir:
+        train(
+            spec, Path(run_dir) / "run", checkpoint_seconds=float("inf"), print_fn=progress,
+            inner_wrapper=lambda env: Recorder(env, env_steps_per_chunk), on_chunk=on_chunk,
+        )  # fmt: skip
 
     # The references: reference_evals fresh evaluations of the expert and of uniform actions.
     random_policy = uniform_policy(raw_env.action_space(env_params).shape)
     random_returns = jax.jit(
-        lambda key: evaluation.episode_returns(
+        lambda key: evaluation.evaluate_policy(
             random_policy, raw_env, env_params, recipe.eval_episodes, key
         )
     )
@@ -442,7 +321,7 @@ def _concatenate(*parts: dict) -> dict:
 
 def _rollout_kind(b: Behaviour, kind: str, seed: int) -> dict:
     recipe = b.recipe
-    env, env_params = unnormalized_env(recipe.env)
+    env, env_params = envs.make(**data_env(recipe))
     policies = {
         "random": uniform_policy(env.action_space(env_params).shape),
         "medium": b.policy(b.medium),
@@ -473,7 +352,7 @@ def _datasets(b: Behaviour, kinds, seed: int):
 
 
 def _metadata(b: Behaviour, kind: str, seed: int, rows: dict, rollout_seconds: float) -> dict:
-    _, env_params = unnormalized_env(b.recipe.env)
+    _, env_params = envs.make(**data_env(b.recipe))
     returns = _complete_returns(rows, int(env_params.max_steps_in_episode))
     stats = {"mean": None, "std": None, "min": None, "max": None}
     if len(returns):
@@ -515,7 +394,7 @@ def _check_kinds(kinds) -> None:
         raise ValueError(f"unknown dataset kind(s) {unknown}; kinds: {', '.join(KINDS)}")
 
 
-def generate(
+def generate_dataset(
     env_name: str, kind: str, *, seed: int = 0, recipe: Recipe | None = None, print_fn=print
 ) -> tuple[dict, dict]:
     """One dataset's D4RL rows and metadata; trains the behaviour agent (even for ``random``:
@@ -555,44 +434,3 @@ def generate_all(
         print_fn(f"wrote {path}: {metadata['transitions']} transitions")
         written[kind] = (path, metadata)
     return written
-
-
-# --- Finding datasets by name ---
-
-
-def generate_command(name) -> str | None:
-    """The command that makes dataset ``name`` (``pendulum-medium-replay``, or a path to it),
-    or None if no recipe makes it."""
-    path = Path(name)
-    stem = path.name.removesuffix(".hdf5")
-    for maze_kind in ("point", "grid"):
-        for layout in maze.LAYOUTS:
-            for kind in maze_datasets.KINDS:
-                if path.name.removesuffix(".npz") == f"{maze_kind}maze-{layout}-{kind}-v0":
-                    env_name = f"rljax/{maze_kind.title()}Maze-{layout}"
-                    return f"rljax data generate {env_name} --kind {kind}"
-    for env_name, recipe in RECIPES.items():
-        for kind in KINDS:
-            if stem == f"{recipe.tag}-{kind}":
-                command = f"rljax data generate {env_name} --kind {kind}"
-                parent = path.expanduser().parent
-                if path.parent != Path(".") and parent.resolve() != data_dir().resolve():
-                    command += f" --out {parent}"
-                return command
-    return None
-
-
-def resolve_dataset(name_or_path) -> Path:
-    """An existing path, else the dataset of that name in the data directories
-    (``rljax.data.files.resolve``); DatasetNotFound says where it looked and the command that
-    makes the dataset."""
-    command = generate_command(name_or_path)
-    if command is None:
-        tags = ", ".join(f"{r.tag} ({n})" for n, r in RECIPES.items())
-        hint = (
-            f"`rljax data generate ENV --kind KIND` writes <tag>-<kind>.hdf5 there; tags: "
-            f"{tags}; kinds: {', '.join(KINDS)}"
-        )
-    else:
-        hint = f"make it with: {command}"
-    return resolve(name_or_path, hint=hint)

@@ -24,7 +24,6 @@ heads for the goal itself once in the goal's cell (OGBench's aims at the cell's 
 linger there, short of a goal more than ~1 from it); no ``qpos``/``qvel`` infos are stored.
 """
 
-import argparse
 import functools
 import time
 from pathlib import Path
@@ -33,10 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rljax.data import MAZE_KINDS
 from rljax.data.ogbench import write_ogbench
 from rljax.envs import maze
 
-KINDS = ("navigate", "stitch")
+KINDS = MAZE_KINDS
 STITCH_MOVES = 4
 DEFAULTS = {  # kind -> (episodes, point steps per episode), OGBench's
     "navigate": (1000, 1001),
@@ -143,7 +143,7 @@ def _generate(env, kind, num_episodes, episode_steps, noise, key) -> dict:
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
-def generate(
+def maze_rows(
     env_name: str,
     kind: str = "navigate",
     num_episodes: int | None = None,
@@ -204,18 +204,3 @@ def write(
         write_ogbench(path, arrays, metadata)
         paths.append(path)
     return paths
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("env", help="e.g. pointmaze-medium, gridmaze-giant")
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("out_dir")
-    parser.add_argument("--episodes", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--noise", type=float)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    for path in write(args.env, args.kind, args.out_dir, args.episodes, args.steps, args.noise,
-                      args.seed):  # fmt: skip
-        print(path)

@@ -1,0 +1,236 @@
+"""A resolved RunSpec made concrete: member configs, env, dataset, sharding and compiled steps.
+
+Seeds and sweep points are one vmapped program: member m of config c and seed s uses the key
+``PRNGKey(seed + s)``, so a sweep member reproduces the single run of its config. The member
+axis is sharded over the devices. A chunk is ``lax.scan`` of the agent's ``update`` over K
+updates inside ``jit``, the same for every kind of agent; a dataset agent's chunk ends with
+deterministic evaluation episodes, logged as ``episode_return`` at its last update.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gymnax.environments import spaces
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rljax import agents, data, envs
+from rljax.runner import config as config_lib
+from rljax.runner import evaluation
+from rljax.runner.guard import params_finite
+from rljax.runner.spec import RunSpec
+
+
+@dataclasses.dataclass
+class Program:
+    """What one run compiles and executes."""
+
+    spec: RunSpec  # resolved: its env is named in full
+    agent: agents.Declaration
+    env: object
+    env_params: object
+    configs: list  # one Config per grid point
+    members: list  # (config index, seed index) per vmapped member
+    stacked: object  # the members' configs stacked on a leading axis
+    keys: jax.Array
+    sharding: NamedSharding
+    dataset: data.Dataset | None = None  # dataset agents only
+    references: tuple | None = None  # (random, expert) returns, when the dataset has them
+    traces: int = 0  # how often the chunk function was traced: once per run
+
+    @property
+    def base(self):
+        return self.configs[0]
+
+    @property
+    def steps_per_update(self) -> int:
+        """Env steps per update; a dataset agent's update is one gradient step."""
+        return 1 if self.agent.from_dataset else self.base.steps_per_update
+
+    @property
+    def unit(self) -> str:
+        return "gradient steps" if self.agent.from_dataset else "steps"
+
+    def source(self):
+        """What ``init`` and ``update`` take after the config: the dataset, or env and params."""
+        return (self.dataset,) if self.agent.from_dataset else (self.env, self.env_params)
+
+    def abstract(self, shapes):
+        """Shapes and dtypes laid out over the member sharding, to compile and restore."""
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.sharding), shapes
+        )
+
+    def init_fn(self):
+        """(configs, keys) -> states. Each device initializes its own members one at a time:
+        vmapped, flax's orthogonal initializer becomes a batched LAPACK QR whose thread-pool
+        fan-out can deadlock on a small CPU (jaxlib 0.10.2); one member at a time it runs inline.
+        """
+        module, source = self.agent.module, self.source()
+
+        def init_local(configs, keys):
+            return jax.lax.map(lambda c_k: module.init(c_k[0], *source, c_k[1]), (configs, keys))
+
+        spec = self.sharding.spec
+        # check_vma off: the env wrappers' pmean runs over a vmapped axis, not a mesh axis.
+        init = jax.shard_map(
+            init_local, mesh=self.sharding.mesh, in_specs=spec, out_specs=spec, check_vma=False
+        )
+        return jax.jit(init, out_shardings=self.sharding)
+
+    def chunk_fn(self, num_updates: int):
+        """(configs, states) -> (states, metrics, params finite), num_updates per member."""
+        module, source = self.agent.module, self.source()
+
+        def run_member(config, state):
+            self.traces += 1  # runs while tracing only: counts compilations, not calls
+            state, metrics = jax.lax.scan(
+                lambda state, _: module.update(config, *source, state), state, None, num_updates
+            )
+            if self.agent.from_dataset:
+                metrics |= self._evaluation(config, state, num_updates)
+            return state, metrics, params_finite(state.params)
+
+        return jax.jit(jax.vmap(run_member), donate_argnums=(1,), out_shardings=self.sharding)
+
+    def _evaluation(self, config, state, num_updates: int) -> dict:
+        """Deterministic evaluation episodes after a chunk, as metrics of its last update. The
+        key is folded from the agent's, which it leaves as it is: training does not depend on
+        how often it is evaluated."""
+        key = jax.random.fold_in(state.rng, 0x5EED)
+        policy = evaluation.agent_policy(self.agent, config, state.params, deterministic=True)
+        returns = evaluation.evaluate_policy(
+            policy, self.env, self.env_params, self.spec.eval_episodes, key
+        )
+        last = np.arange(num_updates) == num_updates - 1
+        return {
+            "episode_return": jnp.where(last, returns.mean(), jnp.nan),
+            "episodes": jnp.where(last, returns.shape[0], 0),
+        }
+
+
+def member_configs(agent: agents.Declaration, spec: RunSpec) -> list:
+    """One validated Config per grid point; the agent checks its cross-field rules on each."""
+    config_lib.check_sweepable(agent.module.Config, spec.grid)
+    configs = []
+    for point in config_lib.grid_points(spec.grid):
+        config = config_lib.make_config(agent.module.Config, {**spec.agent, **point})
+        try:
+            agent.check(config)
+        except ValueError as error:
+            raise config_lib.FieldOutOfRange(str(error)) from None
+        configs.append(config)
+    return configs
+
+
+def build_program(spec: RunSpec, *, inner_wrapper=None, load_dataset: bool = True) -> Program:
+    """Builds a resolved spec (``rljax.runner.spec.resolve_spec``); bad values raise named errors.
+
+    ``inner_wrapper`` goes beneath the env's normalization wrappers (``rljax.envs.wrap``).
+    Without ``load_dataset`` a dataset run is built without its data, to restore and act.
+    """
+    agent = agents.declaration(spec.algo)
+    configs = member_configs(agent, spec)
+    dataset, references = None, None
+    if agent.from_dataset:
+        env, env_params = envs.make(**envs.without_normalization(spec.env))
+        if load_dataset:
+            path = data.resolve(spec.dataset)
+            dataset, metadata = data.load(path)
+            references = _references(metadata, path.stem)
+            check_evaluation_env(spec, agent, dataset, env, env_params)
+    else:
+        env, env_params = envs.make(**spec.env, inner_wrapper=inner_wrapper)
+    if agent.wraps_env:  # an agent that adds to what its env observes
+        if spec.env.get("normalize_obs"):
+            # The saved moments would cover the env's observation, not what the agent adds.
+            raise config_lib.ConfigError(
+                f"{spec.algo} adds to its observations (wrap_env), so env.normalize_obs=true "
+                "is not supported for it"
+            )
+        env, env_params = agent.module.wrap_env(configs[0], env, env_params)
+    members = [(c, s) for c in range(len(configs)) for s in range(spec.seeds)]
+    stacked = config_lib.stack([configs[c] for c, _ in members])
+    keys = np.stack([jax.random.key_data(jax.random.PRNGKey(spec.seed + s)) for _, s in members])
+    sharding = member_sharding(len(members))
+    # Identical numpy on every process; each keeps the rows of its own devices.
+    stacked, keys = jax.device_put((jax.tree.map(np.asarray, stacked), keys), sharding)
+    return Program(
+        spec, agent, env, env_params, configs, members, stacked, keys, sharding, dataset, references
+    )
+
+
+def _references(metadata: dict, name: str) -> tuple | None:
+    try:
+        return data.references(metadata, name)
+    except data.NoReferenceScores:
+        return None
+
+
+def check_evaluation_env(spec: RunSpec, agent, dataset, env, env_params) -> None:
+    """The env a dataset agent is evaluated in must take the dataset's observations and
+    actions (continuous ones in [-1, 1]) and, for a goal-conditioned agent, set goals."""
+    name = spec.env["name"]
+    if agent.goal_conditioned and not hasattr(env, "num_tasks"):
+        raise config_lib.ConfigError(
+            f"{spec.algo} is goal-conditioned, but {name} sets no goals: evaluate it on a "
+            "goal-conditioned env (rljax/PointMaze-*, rljax/GridMaze-*)"
+        )
+    obs_shape = tuple(env.observation_space(env_params).shape)
+    if obs_shape != tuple(dataset.observations.shape[1:]):
+        raise config_lib.ConfigError(
+            f"{name} observes shape {obs_shape} but the dataset {spec.dataset} holds "
+            f"observations of shape {tuple(dataset.observations.shape[1:])}: evaluate on the "
+            "env the data came from (leave out --env to use the one its metadata records)"
+        )
+    space = env.action_space(env_params)
+    if isinstance(space, spaces.Box):
+        if tuple(space.shape) != tuple(dataset.actions.shape[1:]):
+            raise config_lib.ConfigError(
+                f"{name} takes actions of shape {tuple(space.shape)} but the dataset's have "
+                f"shape {tuple(dataset.actions.shape[1:])}"
+            )
+        if not (np.allclose(space.low, -1) and np.allclose(space.high, 1)):
+            raise config_lib.ConfigError(
+                f"{name} acts in [{np.min(space.low)}, {np.max(space.high)}] but offline agents "
+                f"act in [-1, 1], as datasets store actions: set env.unit_actions=true"
+            )
+
+
+def member_sharding(num_members: int) -> NamedSharding:
+    """Shards the member axis over the devices of every process.
+
+    One process uses as many of its devices as divide the members evenly; several processes
+    must use all devices, so the members must divide evenly over them.
+    """
+    devices = jax.devices()
+    if jax.process_count() > 1 and num_members % len(devices):
+        raise config_lib.ConfigError(
+            f"{num_members} members (configs x seeds) cannot be split evenly over the "
+            f"{len(devices)} devices of {jax.process_count()} processes; use a multiple of "
+            f"{len(devices)} members"
+        )
+    count = max(d for d in range(1, len(devices) + 1) if num_members % d == 0)
+    return NamedSharding(Mesh(np.array(devices[:count]), ("member",)), PartitionSpec("member"))
+
+
+def chunk_updates(program: Program) -> int:
+    """Updates per jitted chunk: the spec's, or the largest divisor of the number of updates up
+    to a tenth of it (~10+ chunks, one compilation)."""
+    num_updates = program.base.num_updates
+    if num_updates < 1:
+        raise config_lib.FieldOutOfRange(
+            f"{program.agent.budget_field}="
+            f"{getattr(program.base, program.agent.budget_field)} is less than one update "
+            f"({program.steps_per_update} steps)"
+        )
+    limit = max(1, num_updates // 10)
+    per_chunk = program.spec.chunk_updates or max(
+        d for d in range(1, limit + 1) if num_updates % d == 0
+    )
+    if num_updates % per_chunk:
+        raise config_lib.FieldOutOfRange(
+            f"chunk_updates={per_chunk} must divide the number of updates ({num_updates})"
+        )
+    return per_chunk

@@ -1,0 +1,518 @@
+"""Every agent in ``rljax.agents.ALGORITHMS`` against the contract that ``rljax/agents/__init__.py``
+declares: the constants, the five public names in order, the signatures of its source, imports
+(nothing of rljax outside the demo, so the file runs when copied elsewhere), a cited paper,
+``train`` == ``init`` then a ``lax.scan`` of ``update``, and ``act`` from the params alone.
+
+The demos themselves (``python rljax/agents/NAME.py``) train for minutes: they are run by hand.
+"""
+
+import ast
+import dataclasses
+import functools
+import inspect
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rljax import agents, envs
+from rljax.data import Dataset
+
+NAMES = sorted(agents.ALGORITHMS)
+NUM_UPDATES = 2  # iterations that train and the scan of update run
+
+# --- Tiny fixtures, one per agent: where it learns, and a config that compiles fast ---
+
+# Policy gradient: 2 iterations of 2 envs x 8 steps, one epoch of 2 minibatches.
+PG = dict(num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1, hidden_sizes=(8,))
+PG["total_timesteps"] = NUM_UPDATES * 16
+# Replay agents learn from the first iteration on: learning_starts <= one iteration's steps.
+DQN = dict(num_envs=2, num_steps=4, updates_per_iteration=2, batch_size=8, buffer_size=16)
+DQN |= dict(total_timesteps=NUM_UPDATES * 8, learning_starts=8, hidden_sizes=(8,))
+SAC = dict(num_envs=2, num_steps=2, utd_ratio=1.0, batch_size=8, buffer_size=16)
+SAC |= dict(learning_starts=4, total_timesteps=NUM_UPDATES * 4, hidden_sizes=(8,))
+OFFLINE = dict(batch_size=8, hidden_sizes=(8,), total_updates=NUM_UPDATES)
+GC = dict(OFFLINE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixture:
+    """What an agent learns from here, what it must declare, and its tiny config."""
+
+    source: str  # agents.ENV or agents.DATASET
+    data: str  # an env name for rljax.envs.make, or a dataset in DATASETS
+    config: dict
+    goal_conditioned: bool = False
+    wraps_env: bool = False
+    env_options: tuple = ()  # (key, value) pairs for rljax.envs.make
+
+
+def online(env, config, **kw):
+    return Fixture(agents.ENV, env, config, **kw)
+
+
+def offline(data, config, **kw):
+    return Fixture(agents.DATASET, data, config, **kw)
+
+
+FIXTURES = {
+    "ppo": online("CartPole-v1", PG),
+    "dpo": online("CartPole-v1", PG),
+    "mdpo": online("CartPole-v1", PG),
+    "lpo": online("CartPole-v1", PG | dict(drift_hidden=8)),
+    # MultiDiscrete actions, our own env; its rollouts must hold whole episodes.
+    "pdppo": online("rljax/LotSizing-5x2", PG, env_options=(("max_steps_in_episode", 8),)),
+    "c51": online("CartPole-v1", DQN | dict(num_atoms=11)),
+    "qr_dqn": online("CartPole-v1", DQN | dict(num_quantiles=8)),
+    "stock_dqn": online(
+        "rljax/RiskyShortcut", DQN | dict(num_atoms=11, num_stock_candidates=3), wraps_env=True
+    ),
+    # The env's own bounds, [-2, 2]: online agents act in the env's units.
+    "sac": online("Pendulum-v1", SAC),
+    "dsac_t": online("Pendulum-v1", SAC),
+    "bc": offline("d4rl", OFFLINE),
+    "td3_bc": offline("d4rl", OFFLINE),
+    "iql": offline("d4rl", OFFLINE),
+    "rebrac": offline("d4rl", OFFLINE),
+    "cql": offline("d4rl", OFFLINE | dict(cql_n_actions=2)),
+    "gcbc": offline("walks", GC, goal_conditioned=True),
+    "gcivl": offline("walks", GC, goal_conditioned=True),
+    "gciql": offline("walks", GC, goal_conditioned=True),
+    "qrl": offline("walks", GC | dict(latent_dim=8, dim_per_component=4), goal_conditioned=True),
+    "crl": offline("walks", GC | dict(latent_dim=8), goal_conditioned=True),
+    "hiql": offline("walks", GC | dict(rep_dim=4, subgoal_steps=4), goal_conditioned=True),
+    "ota": offline(
+        "walks",
+        GC | dict(rep_dim=4, subgoal_steps=4, abstraction_factor=2),
+        goal_conditioned=True,
+    ),  # fmt: skip
+}
+
+# Agents whose demo trains on one of rljax's own envs, so their __main__ block imports it:
+# pdppo on rljax/LotSizing, stock_dqn on rljax/RiskyShortcut. Every other demo (the
+# goal-conditioned ones included: they build their own tiny maze data inline) needs no rljax.
+DEMO_IMPORTS_RLJAX = {"pdppo", "stock_dqn"}
+
+# What an agent file may import outside its demo: these, and the standard library.
+AGENT_DEPENDENCIES = {"jax", "flax", "optax", "distrax", "chex", "numpy"}
+
+
+def d4rl_dataset(n=64, obs_dim=3, action_dim=2, seed=0) -> Dataset:
+    """Random transitions in episodes of 8 steps, actions in [-1, 1]; episode 3 terminates,
+    the rest time out (as tests/test_offline_bc_td3_bc_iql.py)."""
+    rng = np.random.default_rng(seed)
+    terminals, timeouts = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    timeouts[7::8] = 1
+    terminals[23], timeouts[23] = 1, 0
+    return Dataset.from_arrays(
+        observations=rng.normal(2.0, 3.0, (n, obs_dim)),
+        actions=rng.uniform(-1, 1, (n, action_dim)),
+        rewards=rng.normal(size=n),
+        terminals=terminals,
+        timeouts=timeouts,
+        next_observations=rng.normal(2.0, 3.0, (n, obs_dim)),
+    )
+
+
+def walks_dataset(episodes=4, length=16, seed=0) -> Dataset:
+    """Random walks in the plane, s' = s + 0.1 a, each ending in a timeout; every observation
+    differs, so a goal names its row (as tests/test_gc_qrl_crl.py)."""
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-1, 1, (episodes, length, 2))
+    start = rng.uniform(0, 1, (episodes, 1, 2))
+    steps = np.concatenate([np.zeros((episodes, 1, 2)), actions], 1)
+    positions = start + 0.1 * steps.cumsum(1)
+    timeouts = np.zeros((episodes, length), np.float32)
+    timeouts[:, -1] = 1
+    flat = lambda x: x.reshape(episodes * length, *x.shape[2:])  # noqa: E731
+    return Dataset.from_arrays(
+        observations=flat(positions[:, :-1]),
+        actions=flat(actions),
+        rewards=np.zeros(episodes * length),
+        terminals=np.zeros(episodes * length),
+        timeouts=flat(timeouts),
+        next_observations=flat(positions[:, 1:]),
+    )
+
+
+DATASETS = {"d4rl": d4rl_dataset, "walks": walks_dataset}
+
+
+@dataclasses.dataclass
+class Setup:
+    name: str
+    declared: agents.Declaration
+    module: object
+    config: object
+    env: object = None
+    env_params: object = None
+    dataset: Dataset = None
+
+    @property
+    def source_args(self) -> tuple:
+        """What init, update and train take between config and rng / state."""
+        return (self.dataset,) if self.dataset is not None else (self.env, self.env_params)
+
+
+@functools.cache
+def setup(name: str) -> Setup:
+    fixture = FIXTURES[name]
+    declared = agents.declaration(name)
+    module = declared.module
+    config = module.Config(**fixture.config)
+    declared.check(config)
+    if fixture.source == agents.DATASET:
+        return Setup(name, declared, module, config, dataset=DATASETS[fixture.data]())
+    env, env_params = envs.make(fixture.data, **dict(fixture.env_options))
+    if declared.wraps_env:
+        env, env_params = module.wrap_env(config, env, env_params)
+    return Setup(name, declared, module, config, env, env_params)
+
+
+@functools.cache
+def source_tree(name: str) -> ast.Module:
+    return ast.parse(Path(agents.get(name).__file__).read_text())
+
+
+def is_main_block(node) -> bool:
+    """``if __name__ == "__main__":``"""
+    test = getattr(node, "test", None)
+    return (
+        isinstance(node, ast.If)
+        and isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and len(test.comparators) == 1
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
+
+
+def imported_modules(nodes) -> list[tuple[int, str]]:
+    """(line, module) of every import statement in ``nodes``, at any depth; relative imports
+    are named by their dots."""
+    found = []
+    for node in nodes:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Import):
+                found += [(sub.lineno, alias.name) for alias in sub.names]
+            elif isinstance(sub, ast.ImportFrom):
+                found.append((sub.lineno, "." * sub.level + (sub.module or "")))
+    return found
+
+
+def is_rljax(module: str) -> bool:
+    return module.startswith(".") or module.split(".")[0] == "rljax"
+
+
+def leaves_with_paths(tree) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        out.append((jax.tree_util.keystr(path), np.asarray(leaf)))
+    return out
+
+
+parametrize_names = pytest.mark.parametrize("name", NAMES, ids=NAMES)
+
+
+def test_every_algorithm_has_a_fixture():
+    assert sorted(FIXTURES) == NAMES
+    assert DEMO_IMPORTS_RLJAX <= set(NAMES)
+
+
+# --- The declaration ---
+
+
+@parametrize_names
+def test_declaration(name):
+    """declaration() accepts the module, and what it declares is what the agent is."""
+    fixture = FIXTURES[name]
+    declared = agents.declaration(name)
+    module = declared.module
+    for constant in ("GOAL_CONDITIONED", "WRAPS_ENV"):
+        assert isinstance(getattr(module, constant), bool), f"{name}.{constant} is not a bool"
+    # The two reserved sources have no runner phase yet: none of today's agents may use them.
+    assert declared.learns_from == fixture.source
+    assert declared.goal_conditioned == fixture.goal_conditioned
+    assert declared.wraps_env == fixture.wraps_env
+
+    # The static budget the runner reads.
+    fields = {f.name: f for f in dataclasses.fields(module.Config)}
+    budget = fields.get(declared.budget_field)
+    assert budget is not None, f"{name}.Config has no {declared.budget_field}"
+    assert budget.metadata.get("pytree_node") is False, f"{declared.budget_field} is not static"
+    # Every field made by _field: bounds and choices metadata for the runner's validation.
+    for field in fields.values():
+        assert {"bounds", "choices"} <= set(field.metadata), f"{name}.Config.{field.name}"
+
+
+@parametrize_names
+def test_signatures_follow_the_protocol(name):
+    """The positional parameters of each contract function are the Protocol's, with the goal
+    after the observation in a goal-conditioned act, and train's budget defaulting to None."""
+    declared = agents.declaration(name)
+    module = declared.module
+    protocol = agents.DatasetAgent if declared.from_dataset else agents.EnvAgent
+    functions = ["init", "update", "train", "act"]
+    if declared.from_dataset:
+        functions.append("update_on_batch")
+    for function in functions:
+        expected = list(inspect.signature(getattr(protocol, function)).parameters)[1:]  # self
+        if function == "act" and declared.goal_conditioned:
+            expected.insert(expected.index("obs") + 1, "goal")
+        got = list(inspect.signature(getattr(module, function)).parameters)
+        assert got == expected, f"{name}.{function}{tuple(got)}, the contract says {expected}"
+    assert inspect.signature(module.train).parameters["num_updates"].default is None
+    assert inspect.signature(module.act).parameters["deterministic"].default is False
+
+
+# --- The file ---
+
+
+@parametrize_names
+def test_public_names_in_contract_order(name):
+    """class Config, def init, def update, def train, def act, in this order, at top level."""
+    lines = {}
+    for node in source_tree(name).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name in agents.CONTRACT:
+            lines.setdefault(node.name, node.lineno)
+    assert set(lines) == set(agents.CONTRACT), f"missing {set(agents.CONTRACT) - set(lines)}"
+    order = sorted(lines, key=lines.get)
+    assert tuple(order) == agents.CONTRACT, f"{name}: {order} (lines {lines})"
+
+
+@parametrize_names
+def test_imports(name):
+    """Outside the demo block, which ends the file, the file imports the standard library and
+    jax, flax, optax, distrax, chex, numpy only; the demo imports rljax only where it runs on
+    rljax's own env."""
+    body = source_tree(name).body
+    mains = [node for node in body if is_main_block(node)]
+    assert len(mains) == 1, f"{name} has {len(mains)} `if __name__ == '__main__':` blocks"
+    assert is_main_block(body[-1]), f"{name} does not end with its demo"
+    library = imported_modules(node for node in body if not is_main_block(node))
+    bad = [
+        (line, module)
+        for line, module in library
+        if is_rljax(module)
+        or module.split(".")[0] not in AGENT_DEPENDENCIES | sys.stdlib_module_names
+    ]
+    assert not bad, f"{name} imports outside its demo: {bad}"
+    demo = [(line, m) for line, m in imported_modules(mains) if is_rljax(m)]
+    if name in DEMO_IMPORTS_RLJAX:  # and the list stays exact
+        assert demo, f"{name}'s demo no longer imports rljax: drop it from DEMO_IMPORTS_RLJAX"
+        assert all(not m.startswith(".") for _, m in demo), f"relative imports in {name}: {demo}"
+    else:
+        assert not demo, f"{name}'s demo imports rljax: {demo}"
+
+
+@functools.cache
+def import_copies_without_rljax(tmp: str) -> dict[str, str]:
+    """Copies every agent file into ``tmp`` and imports each copy in one fresh interpreter with
+    rljax made unimportable; name -> the error ("" if it imported)."""
+    copies = {}
+    for name in NAMES:
+        shutil.copy(agents.get(name).__file__, Path(tmp) / f"{name}_copy.py")
+        copies[name] = f"{name}_copy"
+    script = textwrap.dedent(f"""
+        import importlib, json, sys
+        sys.modules["rljax"] = None
+        sys.path.insert(0, {tmp!r})
+        errors = {{}}
+        for name, module in {copies!r}.items():
+            try:
+                importlib.import_module(module)
+                errors[name] = ""
+            except BaseException as error:
+                errors[name] = f"{{type(error).__name__}}: {{error}}"
+        print(json.dumps(errors))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@parametrize_names
+def test_a_copy_of_the_file_imports_without_rljax(name, tmp_path_factory):
+    """A copy of the file, in a directory of its own, imports in an interpreter where rljax
+    cannot be imported. (Every agent: pdppo's and stock_dqn's demos need rljax's envs, but their
+    modules must not.)"""
+    tmp = tmp_path_factory.getbasetemp() / "agent_copies"
+    tmp.mkdir(exist_ok=True)
+    error = import_copies_without_rljax(str(tmp))[name]
+    assert not error, f"{name}.py copied elsewhere does not import without rljax: {error}"
+
+
+# A year and an author list ("Schulman, Wolski", "Chen et al.", "Pomerleau (1991)") or an arXiv id.
+YEAR = re.compile(r"\b(19|20)\d\d\b")
+AUTHORS = re.compile(
+    r"arXiv|\b[A-Z][\w'-]+ et al\.|\b[A-Z][\w'-]+,? (and|&) [A-Z][\w'-]+|"
+    r"\b[A-Z][\w'-]+, [A-Z][\w'-]+,|\b[A-Z][\w'-]+ \((19|20)\d\d\)"
+)
+
+
+@parametrize_names
+def test_docstring_cites_a_paper(name):
+    doc = ast.get_docstring(source_tree(name)) or ""
+    assert YEAR.search(doc), f"{name}'s docstring names no year"
+    assert AUTHORS.search(doc), f"{name}'s docstring names no authors or arXiv id"
+
+
+# --- Behaviour ---
+
+# Compilation is nearly all of these tests' time. XLA's backend optimizations change how fast
+# the program runs, not what it computes, and each comparison below is within one program;
+# without them it compiles 2-3x faster. A jaxlib that no longer knows an option compiles as usual.
+FAST_COMPILE = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
+
+
+def compiled(function, *args):
+    lowered = jax.jit(function).lower(*args)
+    try:
+        executable = lowered.compile(FAST_COMPILE)
+    except Exception as error:  # jaxlib raises its XlaRuntimeError
+        if "compile option" not in str(error):
+            raise
+        executable = lowered.compile()
+    return executable(*args)
+
+
+@functools.cache
+def train_and_scan(name: str):
+    """(train's output, init then a scan of update's output, init's params), from one key, in
+    one program: where train is init and the scan, XLA computes them once."""
+    s = setup(name)
+    module, config, args = s.module, s.config, s.source_args
+
+    def both(rng):
+        trained = module.train(config, *args, rng, NUM_UPDATES)
+        state = module.init(config, *args, rng)
+        step = lambda state, _: module.update(config, *args, state)  # noqa: E731
+        return trained, jax.lax.scan(step, state, None, NUM_UPDATES), state.params
+
+    return compiled(both, jax.random.PRNGKey(0))
+
+
+@parametrize_names
+def test_train_is_init_then_a_scan_of_update(name):
+    """train(..., rng, 2) and init then lax.scan of update twice, under jit, give the same state
+    and metrics, leaf for leaf; metrics are per-iteration scalars, finite but for episode_*."""
+    train_out, scan_out, _ = train_and_scan(name)
+    assert jax.tree.structure(train_out) == jax.tree.structure(scan_out)
+    for (path, a), (_, b) in zip(
+        leaves_with_paths(train_out), leaves_with_paths(scan_out), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=f"{name}: {path}")
+
+    _, metrics = train_out
+    assert isinstance(metrics, dict) and metrics, f"{name}: metrics {type(metrics)}"
+    for key, value in metrics.items():
+        assert np.shape(value) == (NUM_UPDATES,), f"{name}: metric {key} of shape {value.shape}"
+        if not key.startswith("episode_"):
+            assert np.isfinite(value).all(), f"{name}: metric {key} = {value}"
+
+
+def observations_and_space(s: Setup, count: int):
+    """``count`` observations and goals (None unless from a dataset), and the action shape and
+    bounds: ("discrete", n) or ("box", low, high)."""
+    if s.dataset is not None:
+        obs = s.dataset.observations[:count]
+        goals = s.dataset.observations[-count:]
+        actions = np.asarray(s.dataset.actions)
+        if np.issubdtype(actions.dtype, np.integer):
+            return obs, goals, actions.shape[1:], ("discrete", int(actions.max()) + 1)
+        return obs, goals, actions.shape[1:], ("box", -1.0, 1.0)  # the D4RL convention
+    keys = jax.random.split(jax.random.PRNGKey(1), count)
+    obs, _ = jax.jit(jax.vmap(s.env.reset, in_axes=(0, None)))(keys, s.env_params)
+    space = s.env.action_space(s.env_params)
+    if hasattr(space, "n"):
+        bounds = ("discrete", int(space.n))
+    elif hasattr(space, "nvec"):  # rljax's MultiDiscrete
+        bounds = ("discrete", np.asarray(space.nvec))
+    else:
+        bounds = ("box", np.asarray(space.low), np.asarray(space.high))
+    return obs, None, tuple(space.shape), bounds
+
+
+def act_reads_parameter_layout(name: str) -> list[str]:
+    """``["params"]`` subscripts in act or in a module-level function that it calls, directly
+    or not: reading the layout of the parameter tree instead of what Params keeps."""
+    functions = {
+        node.name: node for node in source_tree(name).body if isinstance(node, ast.FunctionDef)
+    }
+    seen, todo, found = set(), ["act"], []
+    while todo:
+        function = todo.pop()
+        if function in seen or function not in functions:
+            continue
+        seen.add(function)
+        for node in ast.walk(functions[function]):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                todo.append(node.func.id)
+            if (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.slice, ast.Constant)
+                and node.slice.value == "params"
+            ):
+                found.append(f"{function} (line {node.lineno})")
+    return found
+
+
+@parametrize_names
+def test_act_from_params_alone(name):
+    """After init, act(config, state.params, obs[, goal], rng, deterministic) on one observation
+    and on a batch of 3 gives actions of the action shape inside the action space; deterministic
+    actions do not depend on the key. act reads no parameter layout: Params keeps the facts."""
+    s = setup(name)
+    module, config, goal_conditioned = s.module, s.config, s.declared.goal_conditioned
+    params = train_and_scan(name)[2]
+    assert dataclasses.is_dataclass(params), f"{name}: state.params is a {type(params)}"
+    layout = act_reads_parameter_layout(name)
+    assert not layout, f"{name}.act reads the parameter tree's layout in {layout}"
+
+    obs, goals, action_shape, bounds = observations_and_space(s, 3)
+    cases = [(deterministic, batch) for deterministic in (True, False) for batch in (False, True)]
+
+    def act(params, obs, goals, rng, deterministic, batch):
+        o = obs if batch else obs[0]
+        extra = ((goals if batch else goals[0]),) if goal_conditioned else ()
+        return module.act(config, params, o, *extra, rng, deterministic)
+
+    def all_cases(params, obs, goals):
+        actions = [act(params, obs, goals, jax.random.PRNGKey(3), *case) for case in cases]
+        again = [act(params, obs, goals, jax.random.PRNGKey(4), True, b) for b in (False, True)]
+        return actions, again
+
+    actions, again = compiled(all_cases, params, obs, goals)
+    for (deterministic, batch), action in zip(cases, actions, strict=True):
+        action = np.asarray(action)
+        where = f"{name}: deterministic={deterministic}, batch={batch}"
+        expected = (3, *action_shape) if batch else tuple(action_shape)
+        assert action.shape == expected, f"{where}: shape {action.shape}, not {expected}"
+        if bounds[0] == "discrete":
+            assert np.issubdtype(action.dtype, np.integer), f"{where}: {action.dtype}"
+            assert (action >= 0).all() and (action < bounds[1]).all(), f"{where}: {action}"
+        else:
+            assert np.issubdtype(action.dtype, np.floating), f"{where}: {action.dtype}"
+            low, high = bounds[1:]
+            assert (action >= low).all() and (action <= high).all(), f"{where}: {action}"
+    for batch, action, other in zip((False, True), actions[:2], again, strict=True):
+        np.testing.assert_array_equal(
+            action, other, err_msg=f"{name}: deterministic, batch={batch}"
+        )

@@ -1,0 +1,472 @@
+"""Every function that agent files inline in more than one file: the copies are one text, and one
+copy (which, being the same text, stands for all) agrees with a reference written here in plain
+NumPy and Python loops.
+
+``COPIES`` lists them, and ``test_every_inlined_copy_is_listed`` finds every function of the
+same name and text in two agent files, so a new copy must be listed here and a copy that drifts
+from its siblings fails. Trivial helpers (a Dense layer, a concatenation) get the text check
+only; the error-prone primitives also get a reference. The goal sampler's references live in
+tests/test_goal_relabelling.py (OGBench's sampler, ported), the projection's and the quantile
+loss's rlax comparisons in tests/test_distributional.py.
+"""
+
+import ast
+import collections
+import importlib
+import inspect
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from rljax import agents
+
+ALL = sorted(agents.ALGORITHMS)
+POLICY_GRADIENT = ["dpo", "lpo", "mdpo", "pdppo", "ppo"]
+GOAL_CONDITIONED = ["crl", "gcbc", "gciql", "gcivl", "hiql", "ota", "qrl"]
+HIERARCHICAL = ["hiql", "ota"]
+DQN = ["c51", "qr_dqn", "stock_dqn"]
+SAC = ["dsac_t", "sac"]
+ONLINE = sorted(POLICY_GRADIENT + DQN + SAC)
+
+# Function name -> the groups of agent modules that each share one text of it. Most have one
+# group; two where two versions exist on purpose (e.g. the replay buffers of the DQN and SAC
+# families).
+COPIES = {
+    # Error-prone primitives, each with a reference below.
+    "gae": [POLICY_GRADIENT],
+    "_episode_metrics": [ONLINE],
+    "_field": [ALL],
+    "buffer_init": [DQN, SAC],
+    "buffer_add": [DQN, SAC],
+    "buffer_sample": [DQN, SAC],
+    "categorical_projection": [["c51", "stock_dqn"]],
+    "_epsilon": [DQN],
+    "_epsilon_greedy": [["c51", "qr_dqn"], ["stock_dqn"]],
+    "sample_action": [SAC],
+    "alpha_loss": [["cql", *SAC]],
+    "check": [GOAL_CONDITIONED, DQN, SAC, ["dpo", "mdpo", "pdppo", "ppo"]],
+    "trajectory_ends": [GOAL_CONDITIONED],
+    "sample_goals": [GOAL_CONDITIONED],
+    "unit_gaussian_log_prob": [["crl", "qrl"]],
+    "gaussian_log_prob": [HIERARCHICAL],
+    "ddpg_bc_loss": [["crl", "qrl"]],
+    "awr_weight": [HIERARCHICAL],
+    "length_normalize": [HIERARCHICAL],
+    # Helpers: the text check only.
+    "_cat": [HIERARCHICAL],
+    "_check_dataset": [["gcbc", "gcivl"]],
+    "_dense": [["gcbc", "gciql", "gcivl", "hiql", "ota"]],
+    "_mlp": [SAC, ["iql", "td3_bc"]],
+    "_network": [["dpo", "lpo", "mdpo", "ppo"]],
+    "_networks": [["cql", "td3_bc"], SAC, HIERARCHICAL],
+    "_normalize": [["bc", "iql", "td3_bc"]],
+    "normalize": [["cql", "rebrac"]],
+    "_optimizer": [DQN, POLICY_GRADIENT],
+    "_policy": [["gcbc", "gciql", "gcivl"]],
+    "_support": [["c51", "stock_dqn"]],
+    "goal_representation": [HIERARCHICAL],
+    "values": [HIERARCHICAL],
+    "low_log_prob": [HIERARCHICAL],
+    "sample_batch": [["cql", "iql", "td3_bc"], ["gcbc", "gciql", "gcivl"]],
+}
+# The contract's names are the agent's own even where two files happen to agree.
+CONTRACT = {*agents.CONTRACT, "update_on_batch"}
+
+GROUPS = [
+    pytest.param(function, group, id=f"{function}-{'-'.join(group)}")
+    for function, groups in COPIES.items()
+    for group in groups
+    if len(group) > 1
+]
+
+
+def module(name: str):
+    return importlib.import_module(agents.ALGORITHMS[name])
+
+
+def one(function: str, group_index: int = 0):
+    """The first module's copy of ``function`` in the group: all copies are this text."""
+    return getattr(module(COPIES[function][group_index][0]), function)
+
+
+def variants(function: str):
+    """One copy per group of ``function``, as pytest params (for primitives with versions)."""
+    return [
+        pytest.param(getattr(module(group[0]), function), id=group[0]) for group in COPIES[function]
+    ]
+
+
+# --- The copies are one text ---
+
+
+@pytest.mark.parametrize("function, group", GROUPS)
+def test_copies_are_identical(function, group):
+    """Each module's copy is character for character the group's first copy."""
+    texts = {name: inspect.getsource(getattr(module(name), function)) for name in group}
+    first = texts[group[0]]
+    drifted = [name for name, text in texts.items() if text != first]
+    assert not drifted, f"{function} in {drifted} differs from {group[0]}'s copy"
+
+
+def shared_functions() -> dict[str, set[frozenset]]:
+    """Function name -> the sets (two or more) of agent files that define it with one text."""
+    texts = collections.defaultdict(lambda: collections.defaultdict(set))
+    for name in ALL:
+        path = Path(module(name).__file__)
+        source = path.read_text()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.FunctionDef) and node.name not in CONTRACT:
+                texts[node.name][ast.get_source_segment(source, node)].add(name)
+    return {
+        function: {frozenset(group) for group in by_text.values() if len(group) > 1}
+        for function, by_text in texts.items()
+        if any(len(group) > 1 for group in by_text.values())
+    }
+
+
+def test_every_inlined_copy_is_listed():
+    """COPIES holds exactly the functions that two or more agent files share, by name and
+    text: a new copy must be listed (and, if error-prone, get a reference here)."""
+    found = shared_functions()
+    listed = {
+        function: {frozenset(group) for group in groups if len(group) > 1}
+        for function, groups in COPIES.items()
+    }
+    unlisted = {f: sorted(map(sorted, g)) for f, g in found.items() if listed.get(f) != g}
+    stale = {f: sorted(map(sorted, g)) for f, g in listed.items() if found.get(f) != g}
+    assert not unlisted and not stale, f"shared now: {unlisted}; listed: {stale}"
+
+
+# --- GAE ---
+
+
+def gae_reference(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """A backward loop per env: delta_t = r_t + gamma (1 - terminated_t) V(s'_t) - V(s_t),
+    A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}: truncation bootstraps, both end the
+    trace."""
+    num_steps, num_envs = rewards.shape
+    advantages = np.zeros((num_steps, num_envs))
+    for n in range(num_envs):
+        next_advantage = 0.0
+        for t in reversed(range(num_steps)):
+            bootstrap = 0.0 if terminated[t, n] else gamma * next_values[t, n]
+            delta = rewards[t, n] + bootstrap - values[t, n]
+            if terminated[t, n] or truncated[t, n]:
+                next_advantage = 0.0
+            next_advantage = delta + gamma * lam * next_advantage
+            advantages[t, n] = next_advantage
+    return advantages, advantages + values
+
+
+def test_gae_by_hand():
+    """Three steps, gamma = lam = 0.5: a plain step, a truncation (bootstraps from V(s'_1) = 1.5
+    but cuts the trace), a termination (no bootstrap). deltas (1, 1.75, 1.5), advantages
+    (1 + 0.25 * 1.75, 1.75, 1.5)."""
+    column = lambda *x: np.array(x, np.float32)[:, None]  # noqa: E731
+    advantages, targets = one("gae")(
+        column(1, 2, 3), column(0.5, 1, 1.5), column(1, 1.5, 2),
+        column(0, 0, 1) > 0, column(0, 1, 0) > 0, 0.5, 0.5,
+    )  # fmt: skip
+    np.testing.assert_allclose(advantages[:, 0], [1.4375, 1.75, 1.5], rtol=1e-6)
+    np.testing.assert_allclose(targets[:, 0], [1.9375, 2.75, 3.0], rtol=1e-6)
+
+
+def test_gae_matches_the_loop():
+    """Random rollouts of 4 envs with terminations, truncations and both, under no-jit and jit;
+    lambda 1 and 0 included."""
+    rng = np.random.default_rng(0)
+    shape = (25, 4)
+    rewards, values, next_values = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
+    terminated, truncated = rng.random(shape) < 0.15, rng.random(shape) < 0.15
+    terminated[7, 1] = truncated[7, 1] = True  # an env may report both
+    assert (truncated & ~terminated).any() and (terminated & ~truncated).any()
+    gae = one("gae")
+    for gamma, lam in ((0.97, 0.9), (0.9, 1.0), (0.99, 0.0)):
+        args = (rewards, values, next_values, terminated, truncated, gamma, lam)
+        expected = gae_reference(*args)
+        for fn in (gae, jax.jit(gae)):
+            for got, want in zip(fn(*args), expected, strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# --- Episode metrics ---
+
+
+def episode_metrics_reference(finished, returns, lengths):
+    """Mean return and length over the finished episodes (NaN if none), and their number."""
+    done = [(r, n) for f, r, n in zip(finished.flat, returns.flat, lengths.flat, strict=True) if f]
+    if not done:
+        return np.nan, np.nan, 0
+    return np.mean([r for r, _ in done]), np.mean([n for _, n in done]), len(done)
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.05, 0.5, 1.0])
+def test_episode_metrics(probability):
+    rng = np.random.default_rng(1)
+    shape = (16, 4)
+    finished = rng.random(shape) < probability
+    returns = rng.normal(size=shape).astype(np.float32) * 10
+    lengths = rng.integers(1, 500, shape).astype(np.int32)
+    info = {
+        "returned_episode": jnp.asarray(finished),
+        "returned_episode_returns": jnp.asarray(returns),
+        "returned_episode_lengths": jnp.asarray(lengths),
+    }
+    metrics = jax.jit(one("_episode_metrics"))(info)
+    expected = episode_metrics_reference(finished, returns, lengths)
+    got = [metrics[k] for k in ("episode_return", "episode_length", "episodes")]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_episode_metrics_without_episode_statistics():
+    assert one("_episode_metrics")({"other": jnp.zeros(3)}) == {}
+
+
+# --- Config fields ---
+
+
+def test_field_static_traced_and_metadata():
+    """A static field is no pytree leaf (it is part of the treedef), a traced one is; bounds and
+    choices land in the metadata."""
+    field = one("_field")
+
+    @struct.dataclass
+    class Config:
+        size: int = field(4, static=True, bounds="[1, inf)")
+        activation: str = field("tanh", static=True, choices=("tanh", "relu"))
+        lr: float = field(0.1, bounds="(0, inf)")
+        gamma: float = field(0.99)
+
+    config = Config()
+    assert jax.tree.leaves(config) == [0.1, 0.99]
+    fields = {f.name: f for f in Config.__dataclass_fields__.values()}
+    assert {name: f.metadata["pytree_node"] for name, f in fields.items()} == {
+        "size": False, "activation": False, "lr": True, "gamma": True,
+    }  # fmt: skip
+    assert fields["size"].metadata["bounds"] == "[1, inf)"
+    assert fields["activation"].metadata["choices"] == ("tanh", "relu")
+    assert fields["gamma"].metadata["bounds"] is None and fields["lr"].metadata["choices"] is None
+    changed = jax.tree.map(lambda x: 2 * x, config)
+    assert (changed.size, changed.lr) == (4, 0.2)
+    assert jax.tree.structure(Config(size=5)) != jax.tree.structure(config)
+
+
+# --- Replay buffers ---
+
+
+class RingBuffer:
+    """A Python ring buffer: slots in order, the oldest overwritten once full."""
+
+    def __init__(self, capacity, example):
+        self.capacity, self.position, self.size = capacity, 0, 0
+        self.data = {
+            k: np.zeros((capacity, *np.shape(v)), np.asarray(v).dtype) for k, v in example.items()
+        }
+
+    def add(self, batch):
+        for i in range(len(next(iter(batch.values())))):
+            for key, values in batch.items():
+                self.data[key][self.position] = values[i]
+            self.position = (self.position + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+
+def batch_of(start, n):
+    t = np.arange(start, start + n)
+    return {"t": t.astype(np.int32), "x": np.stack([t, -t], -1).astype(np.float32)}
+
+
+@pytest.mark.parametrize("functions", [0, 1], ids=[g[0] for g in COPIES["buffer_init"]])
+def test_buffer_matches_a_ring_buffer(functions):
+    """Writes of 3, 4, 2, 5 (= capacity) and 1 items into 5 slots, under jit: position, size
+    and contents as the ring buffer's after each; samples come from filled slots only, rows
+    whole, about uniformly."""
+    init, add, sample = (one(f, functions) for f in ("buffer_init", "buffer_add", "buffer_sample"))
+    example = {"t": jnp.int32(0), "x": jnp.zeros(2)}
+    buffer, reference = init(5, example), RingBuffer(5, example)
+    add, sample = jax.jit(add), jax.jit(sample, static_argnums=2)
+    start = 0
+    for step, n in enumerate((3, 4, 2, 5, 1)):
+        batch = batch_of(start, n)
+        start += n
+        buffer = add(buffer, {k: jnp.asarray(v) for k, v in batch.items()})
+        reference.add(batch)
+        assert (int(buffer.position), int(buffer.size)) == (reference.position, reference.size)
+        for key in reference.data:
+            np.testing.assert_array_equal(buffer.data[key], reference.data[key])
+        drawn = sample(buffer, jax.random.PRNGKey(step), 6000)
+        drawn_t = np.asarray(drawn["t"])
+        np.testing.assert_array_equal(drawn["x"], np.stack([drawn_t, -drawn_t], -1))
+        live = reference.data["t"][: reference.size]
+        assert set(drawn_t.tolist()) == set(live.tolist())
+        counts = np.array([(drawn_t == t).sum() for t in live])
+        expected = 6000 / reference.size
+        assert np.abs(counts - expected).max() < 5 * np.sqrt(expected), counts
+
+
+# --- Categorical projection ---
+
+
+def projection_reference(z_t, p_t, z):
+    """C51's projection (Bellemare, Dabney, Munos 2017, Algorithm 1) as a loop over atoms."""
+    v_min, v_max, dz = z[0], z[-1], z[1] - z[0]
+    m = np.zeros(len(z))
+    for atom, p in zip(z_t, p_t, strict=True):
+        b = (min(max(atom, v_min), v_max) - v_min) / dz
+        low, high = int(np.floor(b)), int(np.ceil(b))
+        if low == high:
+            m[low] += p
+        else:
+            m[low] += p * (high - b)
+            m[high] += p * (b - low)
+    return m
+
+
+def test_categorical_projection_by_hand():
+    """-2 clips onto -1; 0.5 splits evenly between 0 and 1; 0.25 gives 3/4 to 0, 1/4 to 1."""
+    project = one("categorical_projection")
+    got = project(jnp.array([-2.0, 0.5, 0.25]), jnp.array([0.2, 0.5, 0.3]), jnp.array([-1.0, 0, 1]))
+    np.testing.assert_allclose(got, [0.2, 0.475, 0.325], rtol=1e-6)
+
+
+def test_categorical_projection_matches_the_loop():
+    """Random targets r + discount z' (some far outside the support, some exactly on atoms,
+    some terminal), from 7 source atoms onto 11, under jit."""
+    rng = np.random.default_rng(2)
+    z = np.linspace(-5, 5, 11).astype(np.float32)
+    project = jax.jit(one("categorical_projection"))
+    for case in range(40):
+        source = np.linspace(-3, 3, 7).astype(np.float32)
+        reward, discount = rng.uniform(-9, 9), [0.0, 1.0, rng.uniform()][case % 3]
+        if case % 4 == 0:
+            source, reward, discount = z[2:9], float(rng.integers(-3, 4)), 1.0
+        z_t = (reward + discount * source).astype(np.float32)
+        p_t = rng.dirichlet(np.ones(7)).astype(np.float32)
+        got = project(z_t, p_t, z)
+        np.testing.assert_allclose(got, projection_reference(z_t, p_t, z), atol=1e-5)
+        np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-5)
+
+
+# --- Exploration ---
+
+
+def test_epsilon_schedule():
+    """Linear from start_e to end_e over exploration_fraction * total_timesteps, then flat."""
+    config = SimpleNamespace(
+        start_e=1.0, end_e=0.05, exploration_fraction=0.5, total_timesteps=1000
+    )
+    steps = [0, 100, 250, 499, 500, 501, 5000]
+    got = [float(one("_epsilon")(config, s)) for s in steps]
+    expected = [1.0 + min(s / 500, 1.0) * (0.05 - 1.0) for s in steps]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("epsilon_greedy", variants("_epsilon_greedy"))
+def test_epsilon_greedy(epsilon_greedy):
+    """Greedy at epsilon 0; uniform at 1; the greedy action w.p. 1 - eps + eps / A otherwise."""
+    q = jnp.array([[0.0, 2.0, 1.0]] * 20_000)
+    fn = jax.jit(epsilon_greedy)
+    np.testing.assert_array_equal(fn(jax.random.PRNGKey(0), q, 0.0), 1)
+    for epsilon in (1.0, 0.3):
+        actions = np.asarray(fn(jax.random.PRNGKey(1), q, epsilon))
+        assert actions.shape == (20_000,) and set(actions.tolist()) <= {0, 1, 2}
+        probs = np.array([epsilon / 3, 1 - epsilon + epsilon / 3, epsilon / 3])
+        sd = np.sqrt(probs * (1 - probs) / 20_000)
+        assert (np.abs(np.bincount(actions, minlength=3) / 20_000 - probs) < 5 * sd).all()
+
+
+# --- SAC's squashed Gaussian and temperature ---
+
+
+def test_squashed_gaussian_sample_and_density():
+    """The action lies in (low, high); its log density is that of the Gaussian at the pre-tanh
+    point u = atanh(2 (a - low) / (high - low) - 1) less log|da/du|, computed here from the
+    action alone; u follows N(mean, std)."""
+    rng = np.random.default_rng(3)
+    mean = rng.uniform(-0.5, 0.5, (4000, 2)).astype(np.float32)
+    log_std = rng.uniform(-1.0, 0.0, (4000, 2)).astype(np.float32)
+    low, high = np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32)
+    sample = jax.jit(one("sample_action"))
+    action, log_prob = sample(mean, log_std, low, high, jax.random.PRNGKey(4))
+    action = np.asarray(action, np.float64)
+    assert ((action > low) & (action < high)).all()
+    half = (high - low) / 2.0
+    u = np.arctanh((action - low) / half - 1.0)
+    std = np.exp(log_std.astype(np.float64))
+    gaussian = -0.5 * ((u - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+    expected = (gaussian - np.log(half * (1 - np.tanh(u) ** 2))).sum(-1)
+    np.testing.assert_allclose(log_prob, expected, rtol=1e-3, atol=1e-3)
+    z = (u - mean) / std
+    assert abs(z.mean()) < 5 / np.sqrt(z.size) and abs(z.std() - 1) < 0.05
+
+
+def test_alpha_loss():
+    """-mean(log_alpha (log_prob + target_entropy)), with no gradient into log_prob."""
+    log_prob = jnp.array([-1.0, 0.5, 2.0])
+    loss = one("alpha_loss")
+    np.testing.assert_allclose(loss(0.3, log_prob, -2.0), -0.3 * np.mean([-3.0, -1.5, 0.0]))
+    grad_alpha, grad_log_prob = jax.grad(loss, argnums=(0, 1))(0.3, log_prob, -2.0)
+    np.testing.assert_allclose(grad_alpha, 1.5, rtol=1e-6)
+    np.testing.assert_array_equal(grad_log_prob, 0.0)
+
+
+# --- Goal-conditioned ---
+
+
+def goal_config(value, actor):
+    names = [f"p_{kind}goal" for kind in ("cur", "traj", "random")]
+    fields = {f"value_{n}": p for n, p in zip(names, value, strict=True)}
+    fields |= {f"actor_{n}": p for n, p in zip(names, actor, strict=True)}
+    return SimpleNamespace(**fields)
+
+
+def test_goal_mixture_check():
+    """Each mixture (value, actor) must sum to 1 on a concrete config; traced ones pass."""
+    check = one("check")
+    check(goal_config((0.2, 0.5, 0.3), (0.0, 1.0, 0.0)))
+    check(goal_config((0.2, 0.5, 0.3 + 1e-7), (0.0, 0.5, 0.5)))
+    for bad in (goal_config((0.2, 0.5, 0.2), (0, 1, 0)), goal_config((0, 1, 0), (0.5, 0.5, 0.5))):
+        with pytest.raises(ValueError, match="sum to 1"):
+            check(bad)
+    jax.jit(lambda p: check(goal_config((p, 0.5, 0.3), (p, 0.0, 0.0))) or p)(0.7)
+
+
+@pytest.mark.parametrize("function", ["unit_gaussian_log_prob", "gaussian_log_prob"])
+def test_unit_gaussian_log_prob(function):
+    """log N(x; mean, I) summed over the last axis, as a loop over its entries."""
+    rng = np.random.default_rng(5)
+    mean, x = rng.normal(size=(2, 6, 3))
+    expected = np.zeros(len(x))
+    for row in range(len(x)):
+        for xi, mi in zip(x[row], mean[row], strict=True):
+            expected[row] += -0.5 * (xi - mi) ** 2 - 0.5 * np.log(2 * np.pi)
+    got = one(function)(jnp.asarray(mean), jnp.asarray(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_ddpg_bc_loss():
+    """-mean Q / (mean |Q| + 1e-6) - alpha mean log pi, the normalizer outside the gradient."""
+    q, log_prob, alpha = jnp.array([1.0, -3.0, 2.0, 4.0]), jnp.array([-1.0, -2.0, 0.0, 1.0]), 0.5
+    loss, q_loss = one("ddpg_bc_loss")(q, log_prob, alpha)
+    np.testing.assert_allclose(q_loss, -1.0 / (2.5 + 1e-6), rtol=1e-6)
+    np.testing.assert_allclose(loss, -1.0 / (2.5 + 1e-6) - 0.5 * -0.5, rtol=1e-6)
+    grad = jax.grad(lambda q: one("ddpg_bc_loss")(q, log_prob, alpha)[0])(q)
+    np.testing.assert_allclose(grad, np.full(4, -1.0 / (4 * (2.5 + 1e-6))), rtol=1e-6)
+
+
+def test_awr_weight():
+    advantage = jnp.array([-2.0, 0.0, 1.0, 3.0])
+    expected = [min(np.exp(2.0 * a), 100.0) for a in (-2.0, 0.0, 1.0, 3.0)]
+    np.testing.assert_allclose(one("awr_weight")(advantage, 2.0), expected, rtol=1e-6)
+
+
+def test_length_normalize():
+    """x sqrt(d) / |x| per row; an exactly zero row stays zero (not NaN)."""
+    x = np.array([[3.0, 4.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    expected = [row * 2.0 / np.linalg.norm(row) if row.any() else row for row in x]
+    np.testing.assert_allclose(one("length_normalize")(jnp.asarray(x)), expected, rtol=1e-6)
