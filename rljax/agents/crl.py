@@ -164,9 +164,9 @@ def _networks(config: Config, action_dim: int) -> Networks:
     )
 
 
-def unit_gaussian_log_prob(mean, action):
-    """log N(action; mean, I), summed over the action dimensions."""
-    return (-0.5 * jnp.square(action - mean) - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
+def unit_gaussian_log_prob(mean, x):
+    """log N(x; mean, I), summed over the last axis."""
+    return (-0.5 * jnp.square(x - mean) - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
 
 
 # --- Goal relabelling (OGBench's GCDataset; identical in every GC agent) ---

@@ -203,9 +203,9 @@ def values(config: Config, value_params, goal_rep_params, obs, goal):
     return _networks(config).value.apply(value_params, _cat(obs, phi))
 
 
-def gaussian_log_prob(mean, x):
+def unit_gaussian_log_prob(mean, x):
     """log N(x; mean, I), summed over the last axis."""
-    return (-0.5 * (x - mean) ** 2 - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
+    return (-0.5 * jnp.square(x - mean) - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
 
 
 def low_log_prob(config: Config, params: Params, obs, rep, actions):
@@ -215,7 +215,7 @@ def low_log_prob(config: Config, params: Params, obs, rep, actions):
     if config.discrete:
         actions = actions.reshape(out.shape[:-1]).astype(jnp.int32)
         return jnp.take_along_axis(jax.nn.log_softmax(out), actions[..., None], -1)[..., 0]
-    return gaussian_log_prob(out, actions)
+    return unit_gaussian_log_prob(out, actions)
 
 
 # --- Goal sampling (OGBench's GCDataset / HGCDataset) ---
@@ -342,7 +342,7 @@ def high_actor_loss(params: Params, batch, config: Config):
     target_rep = goal_representation(config, sg.goal_rep, obs, targets)
     high_actor = _networks(config, params.action_dim).high_actor
     mean = high_actor.apply(params.high_actor, _cat(obs, goals))
-    log_prob = gaussian_log_prob(mean, target_rep)
+    log_prob = unit_gaussian_log_prob(mean, target_rep)
     loss = -(awr_weight(advantage, config.high_alpha) * log_prob).mean()
     metrics = {
         "high_advantage": advantage.mean(),

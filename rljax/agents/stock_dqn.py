@@ -301,11 +301,11 @@ def _epsilon(config: Config, env_steps):
     return config.start_e + progress * (config.end_e - config.start_e)
 
 
-def _epsilon_greedy(rng, values, epsilon):
+def _epsilon_greedy(rng, q, epsilon):
     explore_key, action_key = jax.random.split(rng)
-    random_action = jax.random.randint(action_key, values.shape[:-1], 0, values.shape[-1])
-    explore = jax.random.uniform(explore_key, values.shape[:-1]) < epsilon
-    return jnp.where(explore, random_action, jnp.argmax(values, -1))
+    random_action = jax.random.randint(action_key, q.shape[:-1], 0, q.shape[-1])
+    explore = jax.random.uniform(explore_key, q.shape[:-1]) < epsilon
+    return jnp.where(explore, random_action, jnp.argmax(q, -1))
 
 
 # --- Pure functions ---
