@@ -100,15 +100,27 @@ def _spec(args, grid: dict):
 
 
 def _train(args, grid: dict) -> None:
-    from rljax.runner.loop import train
+    import math
+    import secrets
 
+    from rljax.runner.config import FieldOutOfRange
+    from rljax.runner.loop import train
+    from rljax.runner.spec import RunError
+
+    if args.total_steps is not None and not math.isfinite(args.total_steps):
+        raise FieldOutOfRange(f"--total-steps={args.total_steps} is not a finite number")
     spec = _spec(args, grid)
     out = args.out
     if out is None:
+        if args.coordinator or args.distributed:  # each process would name its own directory
+            raise RunError("a multi-process run needs --out, the same on every process")
+        if args.resume:
+            raise RunError("--resume needs --out, the run directory to continue")
+        # The time names the run; the random suffix keeps runs started in one second apart.
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         source = Path(spec.dataset).stem if spec.dataset else spec.env.get("name", "env")
         source = source.replace("/", "_")
-        out = Path("runs") / f"{spec.algo}-{source}-{stamp}"
+        out = Path("runs") / f"{spec.algo}-{source}-{stamp}-{secrets.token_hex(3)}"
     train(
         spec, out, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds,
         tensorboard=args.tensorboard, wandb_project=args.wandb,
@@ -157,21 +169,24 @@ def _export(args) -> None:
 
 
 def _generate(args) -> None:
-    from rljax.data import data_dir
+    from rljax.data import data_dir, prepare_outputs
     from rljax.generate import d4rl, mazes
     from rljax.runner.spec import RunError
 
     if args.env.removeprefix("rljax/").lower().startswith(("pointmaze", "gridmaze")):
-        for kind in args.kind or mazes.KINDS:
+        kinds, out = args.kind or mazes.KINDS, args.out or data_dir()
+        # Every kind's files are checked before the first is generated.
+        prepare_outputs([p for kind in kinds for p in mazes.paths(args.env, kind, out)], args.force)
+        for kind in kinds:
             paths = mazes.write(
-                args.env, kind, args.out or data_dir(), args.episodes, args.steps, seed=args.seed
+                args.env, kind, out, args.episodes, args.steps, seed=args.seed, force=args.force
             )
             print("wrote " + ", ".join(map(str, paths)))
         return
     if args.episodes is not None or args.steps is not None:
         raise RunError("--episodes and --steps size the maze datasets only")
     try:
-        d4rl.generate_all(args.env, args.out, args.kind or d4rl.KINDS, args.seed)
+        d4rl.generate_all(args.env, args.out, args.kind or d4rl.KINDS, args.seed, force=args.force)
     except d4rl.BehaviourFailed as error:
         raise RunError(str(error)) from None
 
@@ -252,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--steps", type=int, help="mazes: steps per trajectory")
     generate.add_argument("--out", type=Path, help="directory (default $RLJAX_DATA_DIR)")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--force", action="store_true", help="replace dataset files that already exist"
+    )
     generate.set_defaults(handler=_generate)
     info = data_commands.add_parser("info", help="what a dataset holds")
     info.add_argument("dataset", help="a dataset file, or a name in the data directories")
@@ -282,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (ValueError, RunError, FileNotFoundError, ImportError) as error:
         print(f"rljax: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the run's own writes arrive as RunError; these name their path
+        path = f" {error.filename}" if error.filename is not None else ""
+        cause = f"[Errno {error.errno}] {error.strerror}" if error.errno else str(error)
+        print(f"rljax: error: cannot access{path}: {cause}", file=sys.stderr)
         return 2
     return 0
 

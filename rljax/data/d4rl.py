@@ -32,6 +32,7 @@ from rljax.data.dataset import (
     DatasetError,
     MalformedDataset,
     check_arrays,
+    check_values,
     not_found,
     verify_sidecar,
     write_sidecar,
@@ -63,20 +64,29 @@ def _check(arrays: dict, source: str) -> None:
     keys = [*REQUIRED, *(k for k in ROW_ALIGNED if k in arrays)]
     keys += sorted(k for k in arrays if k.startswith("infos/"))
     check_arrays(arrays, keys, source)
+    check_values(arrays, source)
 
 
 def write_d4rl(path, arrays: dict, metadata: dict | None = None) -> str:
     """Writes ``arrays`` (``infos/x`` keys become a group) and returns the file's SHA-256.
 
     Arrays are written with their dtypes unchanged, so ``read_d4rl`` gives them back bit for bit.
+    Arrays that ``read_d4rl`` would refuse (``rljax.data.dataset.check_values``) are refused
+    here. The file is written beside ``path`` and renamed over it, so a failed write leaves any
+    file already at ``path`` as it was.
     """
     _check(arrays, f"write_d4rl({os.fspath(path)})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        for key, value in arrays.items():
-            f.create_dataset(key, data=np.asarray(value))
-        f.attrs[METADATA_ATTR] = json.dumps(metadata or {}, default=_json_default)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with h5py.File(partial, "w") as f:
+            for key, value in arrays.items():
+                f.create_dataset(key, data=np.asarray(value))
+            f.attrs[METADATA_ATTR] = json.dumps(metadata or {}, default=_json_default)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return write_sidecar(path)
 
 
@@ -89,7 +99,9 @@ def _json_default(x):
 def read_d4rl(path, verify: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """The file's raw arrays (``infos/qpos`` style keys) and its metadata, checked.
 
-    Raises DatasetNotFound, MalformedDataset (a missing key, or a key whose shape disagrees), or
+    Raises DatasetNotFound, MalformedDataset (a missing key, a key whose shape disagrees, or
+    values ``rljax.data.dataset.check_values`` refuses: non-numeric or non-finite observations,
+    actions, rewards, flags that are not 0/1; the message names the key and the file row), or
     ChecksumMismatch when a ``.sha256`` sidecar exists and ``verify`` is true.
     """
     path = resolve(path)
@@ -149,6 +161,12 @@ def qlearning_arrays(arrays: dict, max_episode_steps: int | None = None) -> dict
 def load_d4rl(
     path, verify: bool = True, max_episode_steps: int | None = None
 ) -> tuple[Dataset, dict]:
-    """A D4RL file as a device ``Dataset`` with qlearning_dataset semantics, and its metadata."""
+    """A D4RL file as a device ``Dataset`` with qlearning_dataset semantics, and its metadata.
+
+    A file with fewer than two rows holds no transition: MalformedDataset ("holds 0
+    transitions"), as for any file whose rows are all dropped."""
     arrays, metadata = read_d4rl(path, verify=verify)
-    return Dataset.from_arrays(**qlearning_arrays(arrays, max_episode_steps)), metadata
+    rows = len(arrays["rewards"])
+    transitions = qlearning_arrays(arrays, max_episode_steps)
+    source = f"{resolve(path)} ({rows} row{'s' if rows != 1 else ''})"
+    return Dataset.from_arrays(source, **transitions), metadata

@@ -48,6 +48,14 @@ class ChecksumMismatch(DatasetError):
     """A data file whose SHA-256 differs from the one recorded when it was written."""
 
 
+class DatasetExists(DatasetError, FileExistsError):
+    """Writing would overwrite dataset files; the message lists them (pass force to replace)."""
+
+
+class UnwritableOutput(DatasetError):
+    """A directory that datasets cannot be written to; the message names it and the OSError."""
+
+
 def not_found(path, what: str) -> DatasetNotFound:
     return DatasetNotFound(
         f"no {what} at {path}: generate it (e.g. with the rljax.data writers) or copy it there. "
@@ -104,9 +112,10 @@ class Dataset:
         return self.rewards.shape[0]
 
     @classmethod
-    def from_arrays(cls, **arrays) -> "Dataset":
-        """Checks the six arrays agree in length and puts them on the default device."""
-        check_arrays(arrays, FIELDS, source="arrays")
+    def from_arrays(cls, source: str = "arrays", **arrays) -> "Dataset":
+        """Checks the six arrays (``check_transitions``) and puts them on the default device;
+        ``source`` (a file) starts any error message."""
+        check_transitions(arrays, source)
         return cls(**{k: jnp.asarray(_as_float32(arrays[k])) for k in FIELDS})
 
     def to_numpy(self) -> dict[str, np.ndarray]:
@@ -147,6 +156,65 @@ def check_arrays(arrays: dict, keys, source: str, ndims: dict | None = None) -> 
                 f"{source}: {key!r} has {shape[0]} rows (shape {shape}) but {first!r} has "
                 f"{shapes[first][0]} (shape {shapes[first]})"
             )
+
+
+# Keys whose values are checked wherever they appear, in a file's rows or in transitions.
+NUMERIC = ("observations", "next_observations", "actions", "rewards")
+FINITE = NUMERIC
+BINARY = ("terminals", "timeouts", "terminations", "truncations", "masks", "valids")
+
+
+def check_values(arrays: dict, source: str) -> None:
+    """Raises MalformedDataset naming the key and the problem: observations, actions or rewards
+    of a non-numeric dtype (byte strings, objects), a non-finite value in them (the first bad
+    row), or flags (``terminals``, ``timeouts``, ...) that are not 0/1. Keys that are absent are
+    not checked; shapes are ``check_arrays``' job."""
+    for key in NUMERIC:
+        if key in arrays:
+            dtype = np.asarray(arrays[key]).dtype
+            if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+                raise MalformedDataset(
+                    f"{source}: {key!r} has dtype {dtype}; expected numbers (float, int or bool)"
+                )
+    for key in FINITE:
+        x = np.asarray(arrays.get(key, ()))
+        if np.issubdtype(x.dtype, np.inexact) and x.size:
+            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise MalformedDataset(
+                    f"{source}: {key!r} has {int(bad.sum())} row(s) with NaN or inf, the first "
+                    f"row {row}: {_show(x[row])}"
+                )
+    for key in BINARY:
+        if key in arrays:
+            x = np.asarray(arrays[key])
+            if x.dtype == np.bool_:
+                continue
+            if not (np.issubdtype(x.dtype, np.number)):
+                raise MalformedDataset(f"{source}: {key!r} has dtype {x.dtype}; expected 0/1 flags")
+            bad = (x != 0) & (x != 1)
+            if bad.any():
+                row = int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))
+                raise MalformedDataset(
+                    f"{source}: {key!r} must be 0/1 (or bool) but row {row} holds {_show(x[row])}"
+                )
+
+
+def _show(value) -> str:
+    return np.array2string(np.asarray(value), threshold=8, edgeitems=3)
+
+
+def check_transitions(arrays: dict, source: str) -> None:
+    """The six ``FIELDS`` as ``Dataset`` holds them: present, row-aligned, at least one
+    transition, and ``check_values``; MalformedDataset otherwise."""
+    check_arrays(arrays, FIELDS, source)
+    if len(arrays["rewards"]) == 0:
+        raise MalformedDataset(
+            f"{source}: holds 0 transitions; an agent needs at least one (observation, action, "
+            "reward, next observation)"
+        )
+    check_values(arrays, source)
 
 
 def sample(dataset: Dataset, rng: jax.Array, batch_size: int) -> Dataset:

@@ -10,13 +10,20 @@ Minari.
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from rljax.data import d4rl, minari, ogbench
-from rljax.data.dataset import Dataset, DatasetError, DatasetNotFound
+from rljax.data.dataset import (
+    Dataset,
+    DatasetError,
+    DatasetExists,
+    DatasetNotFound,
+    UnwritableOutput,
+)
 
 
 def data_dir() -> Path:
@@ -64,6 +71,29 @@ def source_env(metadata: dict) -> dict:
     if isinstance(env, str):
         return {"name": env}
     return dict(env) if isinstance(env, dict) and "name" in env else {}
+
+
+def prepare_outputs(paths, force: bool = False) -> None:
+    """Before any work that ends in writing ``paths``: refuses (DatasetExists, listing them) the
+    ones that exist unless ``force``, and makes their directories and writes and deletes a probe
+    file in each, so an unwritable one fails now (UnwritableOutput, naming it and the OSError)
+    rather than after training."""
+    paths = [Path(p) for p in paths]
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        listed = ", ".join(map(str, existing))
+        raise DatasetExists(
+            f"{listed} already exist{'s' if len(existing) == 1 else ''}; pass --force "
+            "(force=True) to replace, or choose another --out"
+        )
+    for directory in dict.fromkeys(p.parent for p in paths):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".rljax-probe-") as probe:
+                probe.write(b"rljax")
+                probe.flush()
+        except OSError as error:
+            raise UnwritableOutput(f"cannot write datasets to {directory}: {error}") from None
 
 
 def _candidates(name: str) -> list[Path]:

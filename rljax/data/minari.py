@@ -29,6 +29,7 @@ from rljax.data.dataset import (
     Dataset,
     DatasetError,
     MalformedDataset,
+    check_values,
     not_found,
     sha256,
     verify_sha256,
@@ -127,6 +128,7 @@ def _check_episode(episode: dict, source: str) -> None:
             f"{shapes['observations']}); expected {steps + 1}, one more than 'rewards' "
             f"(shape {shapes['rewards']}), for the reset observation"
         )
+    check_values(episode, source)
 
 
 def read_minari(dataset, root=None, verify: bool = True) -> tuple[list[dict], dict]:
@@ -211,7 +213,7 @@ def episodes_to_arrays(episodes: list[dict]) -> dict[str, np.ndarray]:
             }
         )
     if not parts:
-        raise MalformedDataset("the dataset has no episodes")
+        raise MalformedDataset("holds 0 transitions (no episodes)")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -222,4 +224,4 @@ def load_minari(dataset, root=None, verify: bool = True) -> tuple[Dataset, dict]
         arrays = episodes_to_arrays(episodes)
     except MalformedDataset as e:
         raise MalformedDataset(f"{dataset_dir(dataset, root)}: {e}") from None
-    return Dataset.from_arrays(**arrays), metadata
+    return Dataset.from_arrays(str(dataset_dir(dataset, root)), **arrays), metadata

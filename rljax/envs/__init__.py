@@ -7,8 +7,11 @@ too. ``rljax envs`` lists them all.
 """
 
 import dataclasses
+import math
 
 import gymnax
+import jax.numpy as jnp
+import numpy as np
 from gymnax.environments import spaces
 
 from rljax.envs import brax_env, lot_sizing, maze, risky_shortcut
@@ -50,7 +53,8 @@ class UnknownEnvironment(ValueError):
 
 
 class InvalidEnvironmentOption(ValueError):
-    """Raised by make() for an option or environment parameter the environment does not have."""
+    """Raised by make() and wrap() for an option or environment parameter the environment does
+    not have, or a value of the wrong type or out of range; the message names it."""
 
 
 def names() -> dict[str, list[str]]:
@@ -99,6 +103,64 @@ WRAPPER_OPTIONS = (
 )
 
 
+# wrap()'s boolean options; YAML's true/false (and yes/no, on/off) parse to bools, nothing else.
+BOOLEAN_OPTIONS = ("flatten_obs", "unit_actions", "normalize_obs", "normalize_reward")
+
+# Integer environment parameters with a lower bound that holds for every environment.
+PARAMETER_MINIMUMS = {"max_steps_in_episode": 1}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def check_options(**options) -> None:
+    """Raises InvalidEnvironmentOption unless wrap()'s options have the right types and ranges.
+
+    Cheap and import-free beyond this module, so callers can check before building anything.
+    """
+    for key in BOOLEAN_OPTIONS:
+        if key in options and not isinstance(options[key], bool | np.bool_):
+            raise InvalidEnvironmentOption(f"{key}={options[key]!r} must be true or false")
+    if "reward_gamma" in options:
+        gamma = options["reward_gamma"]
+        if not _is_number(gamma) or not 0.0 <= float(gamma) <= 1.0:
+            raise InvalidEnvironmentOption(
+                f"reward_gamma={gamma!r} is out of range: it must be a number in [0, 1]"
+            )
+
+
+def _parameter(name: str, key: str, value, default):
+    """``value`` as the type of the parameter's default, or InvalidEnvironmentOption naming it."""
+    if hasattr(default, "shape") and np.ndim(default) > 0:  # an array parameter
+        array = np.asarray(value) if isinstance(value, list | tuple | np.ndarray) else None
+        if array is None or array.shape != default.shape or array.dtype.kind not in "biuf":
+            raise InvalidEnvironmentOption(
+                f"{name}: {key}={value!r} must be a list of {default.shape[0]} numbers"
+            )
+        return jnp.asarray(array, dtype=default.dtype)
+    default = default.item() if hasattr(default, "item") else default
+    if isinstance(default, bool):
+        if not isinstance(value, bool | np.bool_):
+            raise InvalidEnvironmentOption(f"{name}: {key}={value!r} must be true or false")
+        return bool(value)
+    if not _is_number(value) or not math.isfinite(float(value)):
+        kind = "an integer" if isinstance(default, int) else "a finite number"
+        raise InvalidEnvironmentOption(f"{name}: {key}={value!r} must be {kind}")
+    if isinstance(default, int):
+        if float(value) != int(value):
+            raise InvalidEnvironmentOption(f"{name}: {key}={value!r} must be an integer")
+        value = int(value)
+        if key in PARAMETER_MINIMUMS and value < PARAMETER_MINIMUMS[key]:
+            raise InvalidEnvironmentOption(
+                f"{name}: {key}={value} is out of range: it must be >= {PARAMETER_MINIMUMS[key]}"
+            )
+        return value
+    return float(value)
+
+
 def without_normalization(options: dict) -> dict:
     """``options`` (``make``'s, with or without ``name``) less the running normalization."""
     return {k: v for k, v in options.items() if k not in NORMALIZATION}
@@ -116,6 +178,7 @@ def make(name: str, *, backend: str | None = None, inner_wrapper=None, **options
         ``max_steps_in_episode=200``.
     """
     wrapping = {k: options.pop(k) for k in WRAPPER_OPTIONS if k in options}
+    check_options(**wrapping)  # before the env is built: a brax env takes seconds
     env, env_params = _base_env(name, backend)
     valid = {f.name for f in dataclasses.fields(env_params)}
     unknown = sorted(set(options) - valid)
@@ -124,8 +187,15 @@ def make(name: str, *, backend: str | None = None, inner_wrapper=None, **options
             f"{name} has no parameter {', '.join(unknown)}; its parameters are: "
             f"{', '.join(sorted(valid))}; and make()'s options: {', '.join(WRAPPER_OPTIONS)}"
         )
-    env_params = env_params.replace(**options)
-    if hasattr(env, "check_params"):  # an env that validates its parameters (rljax's own)
+    if hasattr(env, "check_params"):  # an env that names its own ranges (rljax's own) goes first
+        try:
+            env.check_params(env_params.replace(**options))
+        except TypeError:  # a value of the wrong type, which _parameter names
+            pass
+    env_params = env_params.replace(
+        **{k: _parameter(name, k, v, getattr(env_params, k)) for k, v in options.items()}
+    )
+    if hasattr(env, "check_params"):
         env.check_params(env_params)
     return wrap(env, env_params, name=name, inner_wrapper=inner_wrapper, **wrapping)
 
@@ -155,7 +225,17 @@ def wrap(
     Wrappers, inside out: episode statistics on the raw rewards, flattening, action clipping to
     the action space's bounds (continuous actions), [-1, 1] actions, ``inner_wrapper``,
     observation normalization, reward scaling.
+
+    Raises InvalidEnvironmentOption for a boolean option that is not a bool, or a
+    ``reward_gamma`` outside [0, 1].
     """
+    check_options(
+        flatten_obs=flatten_obs,
+        unit_actions=unit_actions,
+        normalize_obs=normalize_obs,
+        normalize_reward=normalize_reward,
+        reward_gamma=reward_gamma,
+    )
     env = LogWrapper(env)
     if flatten_obs:
         env = FlattenObservationWrapper(env)
@@ -181,6 +261,7 @@ __all__ = [
     "NORMALIZATION",
     "InvalidEnvironmentOption",
     "UnknownEnvironment",
+    "check_options",
     "make",
     "names",
     "without_normalization",

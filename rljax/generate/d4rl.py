@@ -38,7 +38,7 @@ from flax import struct
 from gymnax.wrappers.purerl import GymnaxWrapper
 
 from rljax import agents, envs
-from rljax.data import D4RL_KINDS, data_dir, episode_returns, write_d4rl
+from rljax.data import D4RL_KINDS, data_dir, episode_returns, prepare_outputs, write_d4rl
 from rljax.envs.wrappers import NormalizeObservationState, find_state
 from rljax.generate.recipes import RECIPES, Recipe, data_env, recipe_for
 from rljax.runner import config as config_lib
@@ -47,7 +47,15 @@ from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
 
 KINDS = D4RL_KINDS
-__all__ = ["KINDS", "RECIPES", "BehaviourFailed", "behaviour", "generate_all", "generate_dataset"]
+__all__ = [
+    "KINDS",
+    "RECIPES",
+    "BehaviourFailed",
+    "behaviour",
+    "generate_all",
+    "generate_dataset",
+    "paths",
+]
 
 
 class BehaviourFailed(RuntimeError):
@@ -406,6 +414,16 @@ def generate_dataset(
     return rows, _metadata(b, kind, seed, rows, seconds)
 
 
+def paths(
+    env_name: str, out_dir=None, kinds=KINDS, *, recipe: Recipe | None = None
+) -> dict[str, Path]:
+    """kind -> the file ``generate_all`` writes it to: ``<out_dir>/<tag>-<kind>.hdf5``."""
+    _check_kinds(kinds)
+    recipe = recipe or recipe_for(env_name)
+    out_dir = data_dir() if out_dir is None else Path(out_dir)
+    return {kind: out_dir / f"{recipe.tag}-{kind}.hdf5" for kind in kinds}
+
+
 def generate_all(
     env_name: str,
     out_dir=None,
@@ -414,12 +432,17 @@ def generate_all(
     *,
     recipe: Recipe | None = None,
     print_fn=print,
+    force: bool = False,
 ) -> dict[str, tuple[Path, dict]]:
-    """Trains the behaviour agent once and writes each kind to ``<out_dir>/<tag>-<kind>.hdf5``
-    (``out_dir`` defaults to ``data_dir()``); returns kind -> (path, metadata)."""
-    _check_kinds(kinds)
+    """Trains the behaviour agent once and writes each kind to ``paths(...)[kind]``
+    (``out_dir`` defaults to ``data_dir()``); returns kind -> (path, metadata).
+
+    Before training: existing files are refused (``rljax.data.DatasetExists``, listing them)
+    unless ``force``, and so is an ``out_dir`` that cannot be made or written
+    (``rljax.data.UnwritableOutput``), so neither is found out after hours of training."""
+    files = paths(env_name, out_dir, kinds, recipe=recipe)
+    prepare_outputs(files.values(), force)
     recipe = recipe or recipe_for(env_name)
-    out_dir = data_dir() if out_dir is None else Path(out_dir)
     print_fn(f"training {recipe.algo} on {recipe.env['name']} (seed {seed})")
     b = behaviour(recipe, seed, print_fn)
     print_fn(
@@ -429,7 +452,7 @@ def generate_all(
     written = {}
     for kind, rows, seconds in _datasets(b, kinds, seed):
         metadata = _metadata(b, kind, seed, rows, seconds)
-        path = out_dir / f"{recipe.tag}-{kind}.hdf5"
+        path = files[kind]
         write_d4rl(path, rows, metadata)
         print_fn(f"wrote {path}: {metadata['transitions']} transitions")
         written[kind] = (path, metadata)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rljax.data import MAZE_KINDS
+from rljax.data import MAZE_KINDS, prepare_outputs
 from rljax.data.ogbench import write_ogbench
 from rljax.envs import maze
 
@@ -161,6 +161,16 @@ def maze_rows(
     return _generate(env, kind, num_episodes, episode_steps, float(noise), key)
 
 
+def paths(env_name: str, kind: str, out_dir, val: bool = True) -> list[Path]:
+    """The files ``write`` makes: ``<out_dir>/<pointmaze-medium-navigate-v0>.npz`` and, when
+    ``val``, ``...-val.npz``."""
+    env = make_env(env_name)
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; known: {', '.join(KINDS)}")
+    name = dataset_name(env, kind)
+    return [Path(out_dir) / f"{name}{suffix}.npz" for suffix in ("", "-val")[: 1 + val]]
+
+
 def write(
     env_name: str,
     kind: str,
@@ -170,19 +180,23 @@ def write(
     noise: float | None = None,
     seed: int = 0,
     val: bool = True,
+    force: bool = False,
 ) -> list[Path]:
-    """Generates and writes ``<out_dir>/<pointmaze-medium-navigate-v0>.npz`` and, when ``val``,
-    ``...-val.npz`` with ``num_episodes // 10`` (at least 1) more episodes from another stream
+    """Generates and writes ``paths(env_name, kind, out_dir, val)``: the training split and,
+    when ``val``, one with ``num_episodes // 10`` (at least 1) more episodes from another stream
     of the same seed, as OGBench; returns the paths. Metadata: env, kind, noise, episodes,
-    steps, seed, seconds."""
+    steps, seed, seconds. Existing files are refused (``rljax.data.DatasetExists``) unless
+    ``force``, and an unwritable ``out_dir`` (``rljax.data.UnwritableOutput``), both before
+    anything is generated."""
     env = make_env(env_name)
     num_episodes, episode_steps, noise = _sizes(env, kind, num_episodes, episode_steps, noise)
-    name = dataset_name(env, kind)
-    splits = [(f"{name}.npz", num_episodes, 0)]
+    files = paths(env_name, kind, out_dir, val)
+    prepare_outputs(files, force)
+    splits = [(files[0], num_episodes, 0)]
     if val:
-        splits.append((f"{name}-val.npz", max(num_episodes // 10, 1), 1))
-    paths = []
-    for filename, episodes, stream in splits:
+        splits.append((files[1], max(num_episodes // 10, 1), 1))
+    written = []
+    for path, episodes, stream in splits:
         start = time.perf_counter()
         key = jax.random.fold_in(jax.random.PRNGKey(seed), stream)
         arrays = _generate(env, kind, episodes, episode_steps, float(noise), key)
@@ -200,7 +214,6 @@ def write(
             "ref_min_score": 0.0,
             "ref_max_score": 1.0,
         }
-        path = Path(out_dir) / filename
         write_ogbench(path, arrays, metadata)
-        paths.append(path)
-    return paths
+        written.append(path)
+    return written

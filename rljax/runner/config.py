@@ -53,13 +53,36 @@ def _coerce(name: str, value, default):
         elif isinstance(default, float):
             value = float(value)
         elif isinstance(default, tuple):
+            if isinstance(value, str | dict):  # tuple("abc") would be ("a", "b", "c")
+                raise TypeError
             value = tuple(value)
         elif isinstance(default, str):
             value = str(value)
     except (TypeError, ValueError):
         kind = type(default).__name__
         raise FieldOutOfRange(f"{name}={value!r} is not a valid {kind}") from None
+    if isinstance(default, tuple) and _sizes(default):
+        value = _positive_ints(name, value)
     return value
+
+
+def _sizes(default: tuple) -> bool:
+    """Whether a tuple default is a tuple of sizes (layer widths): ints, none of them bools."""
+    return bool(default) and all(isinstance(x, int) and not isinstance(x, bool) for x in default)
+
+
+def _positive_ints(name: str, value: tuple) -> tuple:
+    """A tuple of sizes, each an int >= 1, or FieldOutOfRange naming the field and element."""
+    sizes = []
+    for i, x in enumerate(value):
+        whole = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+        if not whole or x != int(x) or x < 1:
+            raise FieldOutOfRange(
+                f"{name}={list(value)!r} is out of range: element {i} ({x!r}) must be an "
+                "integer >= 1"
+            )
+        sizes.append(int(x))
+    return tuple(sizes)
 
 
 def _check(name: str, value, field: dataclasses.Field) -> None:

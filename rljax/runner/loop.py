@@ -2,8 +2,9 @@
 
 Nothing crosses to the host inside a chunk. Between chunks the loop logs metrics, prints
 progress, marks diverged members, checkpoints (atomically, at most every
-``checkpoint_seconds`` and at the end) and calls ``on_chunk``. A run directory is created once
-and only ever resumed, bit for bit, from its latest checkpoint.
+``checkpoint_seconds`` and at the end) and calls ``on_chunk``. A run directory is created once,
+before anything compiles, held by one process at a time (``rljax.runner.rundir``), and only
+ever resumed, bit for bit, from its latest checkpoint.
 """
 
 import dataclasses
@@ -19,10 +20,12 @@ import yaml
 
 from rljax.runner import config as config_lib
 from rljax.runner import metadata, report
+from rljax.runner import spec as spec_lib
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.distributed import any_process, barrier, gather, is_primary, owned_members
 from rljax.runner.guard import Divergence, Interrupted, StopSignals, first_failures
 from rljax.runner.program import Program, build_program, chunk_updates
+from rljax.runner.rundir import check_free, check_sinks, run_directory
 from rljax.runner.sinks import (
     KEY_COLUMNS,
     CsvLog,
@@ -31,7 +34,7 @@ from rljax.runner.sinks import (
     read_tables,
     write_table,
 )
-from rljax.runner.spec import RunSpec, check_directory, resolve_spec
+from rljax.runner.spec import RunSpec, check_budget, check_directory, resolve_spec
 
 # The train state's structure (pytree classes, static fields, shapes and dtypes), written
 # beside the checkpoints so a run restores without its dataset or anything else.
@@ -60,102 +63,113 @@ def train(
     out = Path(out)
     say = print_fn if is_primary() else _silent
     spec = resolve_spec(spec)
-    check_directory(spec, out, resume)
+    check_budget(spec)
+    check_sinks(tensorboard, wandb_project)
+    dataset_sha256 = spec_lib.dataset_sha256(spec.dataset) if spec.dataset else None
+    check_free(out)
+    check_directory(spec, out, resume, dataset_sha256)
     barrier("rljax: run directory checked")  # before process 0 creates it
-    metadata.enable_compilation_cache()
-    program = build_program(spec, inner_wrapper=inner_wrapper)
-    num_updates, per_chunk = program.base.num_updates, chunk_updates(program)
-    source = (
-        f"dataset {spec.dataset} (evaluated on {spec.env['name']})"
-        if program.agent.from_dataset
-        else spec.env["name"]
-    )
-    size = "" if program.agent.from_dataset else f" of {program.steps_per_update} steps"
-    members = len(program.members)
-    say(f"{spec.algo} on {source}: {members} member(s) x {num_updates} updates{size}, as one "
-        "program")  # fmt: skip
+    with run_directory(out, resume) as directory:
+        barrier("rljax: run directory created")
+        metadata.enable_compilation_cache()
+        program = build_program(spec, inner_wrapper=inner_wrapper)
+        num_updates, per_chunk = program.base.num_updates, chunk_updates(program)
+        source = (
+            f"dataset {spec.dataset} (evaluated on {spec.env['name']})"
+            if program.agent.from_dataset
+            else spec.env["name"]
+        )
+        size = "" if program.agent.from_dataset else f" of {program.steps_per_update} steps"
+        members = len(program.members)
+        say(f"{spec.algo} on {source}: {members} member(s) x {num_updates} updates{size}, as one "
+            "program")  # fmt: skip
 
-    start = time.perf_counter()
-    init_jit, chunk_jit = program.init_fn(), program.chunk_fn(per_chunk)
-    shapes = jax.eval_shape(init_jit, program.stacked, program.keys)
-    abstract_state = program.abstract(shapes)
-    init_fn = init_jit.lower(program.stacked, program.keys).compile()
-    chunk_fn = chunk_jit.lower(program.stacked, abstract_state).compile()
-    metric_names = sorted(chunk_fn.out_info[1])
-    compile_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        init_jit, chunk_jit = program.init_fn(), program.chunk_fn(per_chunk)
+        shapes = jax.eval_shape(init_jit, program.stacked, program.keys)
+        abstract_state = program.abstract(shapes)
+        init_fn = init_jit.lower(program.stacked, program.keys).compile()
+        chunk_fn = chunk_jit.lower(program.stacked, abstract_state).compile()
+        metric_names = sorted(chunk_fn.out_info[1])
+        compile_seconds = time.perf_counter() - start
 
-    checkpoints = Checkpoints(out / "checkpoints")
-    done, state = checkpoints.restore_latest(abstract_state) if resume else (None, None)
-    if done is None:
-        done, state = 0, init_fn(program.stacked, program.keys)
-    else:
-        say(f"resuming {out} from update {done} of {num_updates}")
-    if is_primary():
-        _write_run_files(out, program, shapes)
-        for path in _metric_files(out):  # drop what the checkpoint does not hold
-            CsvLog(path, metric_names).truncate_after(done)
-    barrier("rljax: run files written")
-    log = CsvLog(_own_metric_file(out), metric_names)
-    owned = owned_members(program.sharding, members)
-    failures = _logged_failures(out, members, done)
-    sinks = _sinks(out, spec, tensorboard, wandb_project) if is_primary() else []
+        checkpoints = Checkpoints(out / "checkpoints")
+        done, state = checkpoints.restore_latest(abstract_state) if resume else (None, None)
+        if done is None:
+            done, state = 0, init_fn(program.stacked, program.keys)
+        else:
+            say(f"resuming {out} from update {done} of {num_updates}")
+        if is_primary():
+            _write_run_files(out, program, shapes, dataset_sha256)
+            for path in _metric_files(out):  # drop what the checkpoint does not hold
+                CsvLog(path, metric_names).truncate_after(done)
+        barrier("rljax: run files written")
+        log = CsvLog(_own_metric_file(out), metric_names)
+        owned = owned_members(program.sharding, members)
+        failures = _logged_failures(out, members, done)
+        sinks = _sinks(out, spec, tensorboard, wandb_project) if is_primary() else []
 
-    steps_per_update = program.steps_per_update
-    resumed_at, steps_per_second = done, None
-    loop_start = last_checkpoint = time.perf_counter()
-    try:
-        with StopSignals() as stop:
-            for first in range(done, num_updates, per_chunk):
-                state, metrics, finite = chunk_fn(program.stacked, state)
-                metrics, finite = gather((metrics, finite))
-                updates = np.arange(first + 1, first + per_chunk + 1)
-                log.append(_rows(program.members, owned, updates, steps_per_update, metrics))
-                for sink in sinks:
-                    sink.write(updates * steps_per_update, metrics)
-                _guard(
-                    program, failures, first_failures(metrics, updates, finite), checkpoints, say
-                )
-                done = first + per_chunk
-                if on_chunk is not None:
-                    on_chunk(done, state)
-                now = time.perf_counter()
-                stopping, due = any_process(
-                    np.array(
-                        [stop.received is not None, now - last_checkpoint >= checkpoint_seconds]
+        steps_per_update = program.steps_per_update
+        directory.started = True  # from here on a failed run keeps its directory
+        resumed_at, steps_per_second = done, None
+        loop_start = last_checkpoint = time.perf_counter()
+        try:
+            with StopSignals() as stop:
+                for first in range(done, num_updates, per_chunk):
+                    state, metrics, finite = chunk_fn(program.stacked, state)
+                    metrics, finite = gather((metrics, finite))
+                    updates = np.arange(first + 1, first + per_chunk + 1)
+                    log.append(_rows(program.members, owned, updates, steps_per_update, metrics))
+                    for sink in sinks:
+                        sink.write(updates * steps_per_update, metrics)
+                    _guard(
+                        program,
+                        failures,
+                        first_failures(metrics, updates, finite),
+                        checkpoints,
+                        say,
                     )
-                )
-                if stopping or due or done == num_updates:
-                    checkpoints.save(done, state)
-                    last_checkpoint = now
-                members_steps = members * steps_per_update * (done - resumed_at)
-                steps_per_second = members_steps / (now - loop_start)
-                eta = (num_updates - done) * (now - loop_start) / (done - resumed_at)
-                say(report.progress(program, done, metrics, steps_per_second, eta))
-                if stopping and done < num_updates:
-                    signum = stop.received or signal.SIGTERM  # another process was signalled
-                    raise Interrupted(
-                        f"stopped by {signal.Signals(signum).name} after update {done} of "
-                        f"{num_updates}; the checkpoint is saved: continue with --resume "
-                        f"--out {out}",
-                        signum,
+                    done = first + per_chunk
+                    if on_chunk is not None:
+                        on_chunk(done, state)
+                    now = time.perf_counter()
+                    stopping, due = any_process(
+                        np.array(
+                            [stop.received is not None, now - last_checkpoint >= checkpoint_seconds]
+                        )
                     )
-    finally:
-        checkpoints.close()
-        for sink in sinks:
-            sink.close()
+                    if stopping or due or done == num_updates:
+                        checkpoints.save(done, state)
+                        last_checkpoint = now
+                    members_steps = members * steps_per_update * (done - resumed_at)
+                    steps_per_second = members_steps / (now - loop_start)
+                    eta = (num_updates - done) * (now - loop_start) / (done - resumed_at)
+                    say(report.progress(program, done, metrics, steps_per_second, eta))
+                    if stopping and done < num_updates:
+                        signum = stop.received or signal.SIGTERM  # another process was signalled
+                        raise Interrupted(
+                            f"stopped by {signal.Signals(signum).name} after update {done} of "
+                            f"{num_updates}; the checkpoint is saved: continue with --resume "
+                            f"--out {out}",
+                            signum,
+                        )
+        finally:
+            checkpoints.close()
+            for sink in sinks:
+                sink.close()
 
-    timing = {
-        "compile_seconds": round(compile_seconds, 2),
-        "train_seconds": round(time.perf_counter() - loop_start, 2),
-        "steps_per_second": None if steps_per_second is None else round(steps_per_second, 1),
-        "chunk_traces": program.traces,
-    }
-    barrier("rljax: metrics written")
-    table = read_tables(_metric_files(out))
-    summary = report.finish(program, out, table, timing, failures, say)
-    if is_primary() and jax.process_count() > 1:
-        write_table(out / "metrics.csv", table)  # the processes' shards, merged
-    return summary
+        timing = {
+            "compile_seconds": round(compile_seconds, 2),
+            "train_seconds": round(time.perf_counter() - loop_start, 2),
+            "steps_per_second": None if steps_per_second is None else round(steps_per_second, 1),
+            "chunk_traces": program.traces,
+        }
+        barrier("rljax: metrics written")
+        table = read_tables(_metric_files(out))
+        summary = report.finish(program, out, table, timing, failures, say)
+        if is_primary() and jax.process_count() > 1:
+            write_table(out / "metrics.csv", table)  # the processes' shards, merged
+        return summary
 
 
 def _silent(*_) -> None:
@@ -203,15 +217,17 @@ def _guard(program: Program, failures: dict, found: dict, checkpoints, say) -> N
         )
 
 
-def _write_run_files(out: Path, program: Program, shapes) -> None:
-    """config.yaml and the state's structure once; run_info.json gains one record per start."""
-    out.mkdir(parents=True, exist_ok=True)  # only after compiling: a bad run leaves nothing
+def _write_run_files(out: Path, program: Program, shapes, dataset_sha256: str | None) -> None:
+    """config.yaml (with the dataset's SHA-256) and the state's structure once; run_info.json
+    gains one record per start."""
     saved = out / "config.yaml"
     if not saved.exists():
         record = {
             "run": dataclasses.asdict(program.spec),
             "resolved": config_lib.as_dict(program.base),
         }
+        if dataset_sha256 is not None:
+            record["dataset_sha256"] = dataset_sha256
         saved.write_text(yaml.safe_dump(record, sort_keys=False))
         structure = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes)
         (out / STATE_STRUCTURE).write_bytes(pickle.dumps(structure))

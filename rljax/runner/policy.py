@@ -24,18 +24,26 @@ from rljax.runner.spec import RunError, load_run
 
 
 def restore(run_dir) -> tuple[Program, object, int]:
-    """The run's program (without its dataset), its latest checkpointed train state (all
-    members) and that state's update."""
+    """The run's program (without its dataset), its newest readable checkpointed train state
+    (all members) and that state's update. A checkpoint that fails its checksum or cannot be
+    read is passed over with a warning for the one before it; the run directory is left as is."""
     run_dir = Path(run_dir)
     program = build_program(load_run(run_dir), load_dataset=False)
-    checkpoints = Checkpoints(run_dir / "checkpoints")
-    step = checkpoints.latest_step()
-    if step is None or not (run_dir / STATE_STRUCTURE).exists():
-        checkpoints.close()
+    if not (run_dir / "checkpoints").is_dir() or not (run_dir / STATE_STRUCTURE).exists():
         raise RunError(f"{run_dir} has no finished checkpoint yet")
     structure = pickle.loads((run_dir / STATE_STRUCTURE).read_bytes())
-    state = checkpoints.restore(step, program.abstract(structure))
-    checkpoints.close()
+    checkpoints = Checkpoints(run_dir / "checkpoints", read_only=True)
+    try:
+        if checkpoints.latest_step() is None:
+            raise RunError(f"{run_dir} has no finished checkpoint yet")
+        step, state = checkpoints.restore_latest(program.abstract(structure))
+    finally:
+        checkpoints.close()
+    if step is None:
+        raise RunError(
+            f"{run_dir} has no readable checkpoint: every saved step failed its checksum or "
+            "could not be read (see the warnings above)"
+        )
     return program, state, step
 
 

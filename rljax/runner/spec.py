@@ -7,11 +7,13 @@ env in full, so a run directory can be evaluated and its policy loaded without t
 """
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import yaml
 
 from rljax import agents, data
+from rljax.data.dataset import sha256
 from rljax.runner import config as config_lib
 
 
@@ -21,6 +23,18 @@ class RunError(RuntimeError):
 
 class RunDirectoryExists(RunError):
     """The run directory exists and --resume was not given: it is never overwritten."""
+
+
+class NoRunDirectory(RunError):
+    """--resume of a directory that does not exist."""
+
+
+class DatasetChanged(RunError):
+    """A resumed run's dataset whose SHA-256 differs from the one the run started with."""
+
+
+# Updates, and env (or gradient) steps per member, must fit the agents' int32 step counters.
+MAX_STEPS = 2**31 - 1
 
 
 @dataclasses.dataclass
@@ -42,11 +56,33 @@ class RunSpec:
         return cls(**yaml.safe_load(Path(path).read_text())["run"])
 
     def differences(self, other: "RunSpec") -> str:
-        """``field=mine (now theirs)`` for each field that differs."""
-        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        """``field=mine (now theirs)`` for each field whose value differs, agent fields by name.
+
+        Values are compared as parsed: agent fields and grid values after the Config's coercion
+        (``lr="1e-3"`` is ``lr=0.001``), and a field set to its default equals one left unset.
+        """
+        mine, theirs = _parsed(self), _parsed(other)
+        if mine["algo"] == theirs["algo"]:
+            mine_agent, their_agent = mine.pop("agent"), theirs.pop("agent")
+            mine, theirs = {**mine_agent, **mine}, {**their_agent, **theirs}
         return "; ".join(
             f"{key}={mine[key]!r} (now {theirs[key]!r})" for key in mine if mine[key] != theirs[key]
         )
+
+
+def _parsed(spec: RunSpec) -> dict:
+    fields = dataclasses.asdict(spec)
+    try:
+        config_cls = agents.declaration(spec.algo).module.Config
+    except ValueError:  # an unknown algorithm: its raw fields
+        return fields
+    fields["agent"] = config_lib.as_dict(config_lib.make_config(config_cls, spec.agent))
+    fields["grid"] = {
+        name: [config_lib.as_dict(config_lib.make_config(config_cls, {name: v}))[name]
+               for v in values]
+        for name, values in spec.grid.items()
+    }  # fmt: skip
+    return fields
 
 
 def resolve_spec(spec: RunSpec) -> RunSpec:
@@ -88,17 +124,59 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     return dataclasses.replace(spec, env=env)
 
 
-def check_directory(spec: RunSpec, out: Path, resume: bool) -> None:
-    """A run directory is created once and then only resumed, with the spec it started with."""
+def check_budget(spec: RunSpec) -> None:
+    """FieldOutOfRange for a budget whose updates or steps per member overflow int32 counters,
+    before anything is built (a budget of 1e30 would otherwise hang in planning its chunks)."""
+    agent = agents.declaration(spec.algo)
+    config = config_lib.make_config(agent.module.Config, spec.agent)
+    steps_per_update = 1 if agent.from_dataset else config.steps_per_update
+    if config.num_updates > MAX_STEPS or config.num_updates * steps_per_update > MAX_STEPS:
+        unit = "gradient steps" if agent.from_dataset else "env steps"
+        raise config_lib.FieldOutOfRange(
+            f"{agent.budget_field}={getattr(config, agent.budget_field)} is out of range: a run "
+            f"takes at most 2**31 - 1 = {MAX_STEPS:,} {unit} per member (its step counters "
+            "are int32); split a longer run into several, each resuming the last"
+        )
+
+
+def dataset_sha256(name) -> str:
+    """The SHA-256 of a dataset file (its ``.sha256`` sidecar's, when it has one, which loading
+    verifies); of a directory (Minari), the SHA-256 of its files' names and digests."""
+    path = data.resolve(name)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        lines = "".join(f"{sha256(p)}  {p.relative_to(path)}\n" for p in files)
+        return hashlib.sha256(lines.encode()).hexdigest()
+    sidecar = Path(f"{path}.sha256")
+    recorded = sidecar.read_text().split() if sidecar.exists() else []
+    return recorded[0] if recorded else sha256(path)
+
+
+def check_directory(spec: RunSpec, out: Path, resume: bool, dataset_sha256: str | None = None):
+    """A run directory is created once and then only resumed, with the spec (and dataset) it
+    started with."""
     if out.exists() and not resume:
         raise RunDirectoryExists(
             f"run directory {out} already exists; pass --resume to continue it, "
             "or choose another --out"
         )
+    if resume and not out.is_dir():
+        raise NoRunDirectory(
+            f"cannot resume {out}: there is no such directory (leave out --resume to start a "
+            "new run there)"
+        )
     saved = out / "config.yaml"
-    if resume and saved.exists() and RunSpec.load(saved) != spec:
-        raise RunError(
-            f"cannot resume {out}: the run was started with {RunSpec.load(saved).differences(spec)}"
+    if not (resume and saved.exists()):
+        return
+    record = yaml.safe_load(saved.read_text())
+    differences = RunSpec(**record["run"]).differences(spec)
+    if differences:
+        raise RunError(f"cannot resume {out}: the run was started with {differences}")
+    recorded = record.get("dataset_sha256")
+    if recorded is not None and dataset_sha256 is not None and recorded != dataset_sha256:
+        raise DatasetChanged(
+            f"cannot resume {out}: its dataset {spec.dataset} changed since the run started "
+            f"(SHA-256 {recorded}, now {dataset_sha256}); restore that file, or start a new run"
         )
 
 
