@@ -103,13 +103,17 @@ def _train(args, grid: dict) -> None:
     import math
     import secrets
 
-    from rljax.runner.config import FieldOutOfRange
-    from rljax.runner.loop import train
-    from rljax.runner.spec import RunError
+    from rljax import agents
+
+    agents.check_name(args.algo)  # before JAX imports: an unknown name fails at once
+    from rljax.runner.config import FieldOutOfRange, member_configs
+    from rljax.runner.errors import RunError
 
     if args.total_steps is not None and not math.isfinite(args.total_steps):
         raise FieldOutOfRange(f"--total-steps={args.total_steps} is not a finite number")
     spec = _spec(args, grid)
+    # The fields, checked before the runner (and gymnax, brax) import: a typo fails fast.
+    member_configs(agents.declaration(spec.algo), spec.agent, spec.grid)
     out = args.out
     if out is None:
         if args.coordinator or args.distributed:  # each process would name its own directory
@@ -121,6 +125,8 @@ def _train(args, grid: dict) -> None:
         source = Path(spec.dataset).stem if spec.dataset else spec.env.get("name", "env")
         source = source.replace("/", "_")
         out = Path("runs") / f"{spec.algo}-{source}-{stamp}-{secrets.token_hex(3)}"
+    from rljax.runner.loop import train
+
     train(
         spec, out, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds,
         tensorboard=args.tensorboard, wandb_project=args.wandb,
@@ -171,7 +177,7 @@ def _export(args) -> None:
 def _generate(args) -> None:
     from rljax.data import data_dir, prepare_outputs
     from rljax.generate import d4rl, mazes
-    from rljax.runner.spec import RunError
+    from rljax.runner.errors import RunError
 
     if args.env.removeprefix("rljax/").lower().startswith(("pointmaze", "gridmaze")):
         kinds, out = args.kind or mazes.KINDS, args.out or data_dir()
@@ -287,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"rljax: error: {error}", file=sys.stderr)
         return 2
-    from rljax.runner.guard import Divergence, Interrupted
-    from rljax.runner.spec import RunError
+    from rljax.runner.errors import Divergence, Interrupted, RunError
 
     try:
         args.handler(args)

@@ -15,9 +15,9 @@ from runs import checkpoint_leaves, quiet, tiny_spec
 
 from rljax import cli
 from rljax.runner.checkpoint import Checkpoints
+from rljax.runner.errors import RunError
 from rljax.runner.loop import train
 from rljax.runner.policy import load_policy, restore
-from rljax.runner.spec import RunError
 
 # The CLI form of tiny_spec(): 8 updates in chunks of 2, a checkpoint after each chunk.
 TINY_CLI = ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "512", "--chunk-updates", "2"]

@@ -15,7 +15,8 @@ from runs import checkpoint_leaves, quiet, tiny_spec
 from rljax import agents
 from rljax.agents import ppo
 from rljax.runner.checkpoint import Checkpoints
-from rljax.runner.guard import Divergence, first_failures
+from rljax.runner.errors import Divergence
+from rljax.runner.guard import first_failures
 from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
 

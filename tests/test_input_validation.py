@@ -1,5 +1,9 @@
 """Bad env options and config fields get a named error before anything is built or compiled."""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from rljax import cli, envs
@@ -111,3 +115,22 @@ def test_cli_names_the_bad_value(tmp_path, capsys, setting, message):
     assert status == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bad_names_and_fields_fail_before_the_heavy_imports():
+    """An unknown algorithm is named before JAX imports; a bad field before the runner, gymnax
+    and brax import (JAX and the agent's own libraries are needed to read its Config)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from rljax import cli
+        assert cli.main(["train", "nope", "--env", "CartPole-v1"]) == 2
+        assert "jax" not in sys.modules, "JAX was imported to reject an unknown algorithm"
+        assert cli.main(["train", "ppo", "--env", "CartPole-v1", "--set", "lr=-1"]) == 2
+        heavy = [m for m in ("gymnax", "brax", "rljax.runner.loop") if m in sys.modules]
+        assert not heavy, heavy
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "unknown algorithm 'nope'" in done.stderr and "lr=-1.0 is out of range" in done.stderr

@@ -20,8 +20,9 @@ from runs import TINY, quiet, tiny_spec
 from rljax import cli
 from rljax.data import write_d4rl
 from rljax.runner import loop
+from rljax.runner.errors import DatasetChanged
 from rljax.runner.sinks import CsvLog, read_tables
-from rljax.runner.spec import DatasetChanged, RunSpec
+from rljax.runner.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 # tests/runs.py TINY through the command line: 8 updates of 64 steps, in chunks of 2.

@@ -14,10 +14,11 @@ from rljax import envs, load_policy
 from rljax.agents import ppo
 from rljax.runner import config as config_lib
 from rljax.runner.checkpoint import Checkpoints
+from rljax.runner.errors import RunDirectoryExists
 from rljax.runner.loop import train
 from rljax.runner.program import build_program
 from rljax.runner.sinks import CsvLog, read_tables
-from rljax.runner.spec import RunDirectoryExists, RunSpec, resolve_spec
+from rljax.runner.spec import RunSpec, resolve_spec
 
 
 def test_build_coerces_and_validates_fields():

@@ -136,11 +136,16 @@ class Declaration:
             check(config)
 
 
-def get(name: str) -> ModuleType:
+def check_name(name: str) -> None:
+    """UnknownAlgorithm, listing the known names, unless ``name`` is one (imports nothing)."""
     if name not in ALGORITHMS:
         raise UnknownAlgorithm(
             f"unknown algorithm {name!r}; known algorithms: {', '.join(sorted(ALGORITHMS))}"
         )
+
+
+def get(name: str) -> ModuleType:
+    check_name(name)
     return importlib.import_module(ALGORITHMS[name])
 
 

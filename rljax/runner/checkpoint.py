@@ -25,7 +25,7 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 
 from rljax.runner.distributed import barrier, is_primary
-from rljax.runner.spec import RunError
+from rljax.runner.errors import RunError
 
 _ORBAX_LOGGERS = ("absl", "orbax", "orbax.checkpoint", "tensorstore", "jax._src.distributed")
 

@@ -165,3 +165,18 @@ def as_dict(config) -> dict:
         f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
         for f in dataclasses.fields(config)
     }
+
+
+def member_configs(agent, fields: dict, grid: dict) -> list:
+    """One validated Config per grid point of a declared agent (``rljax.agents.declaration``),
+    with ``fields`` set; the agent checks its cross-field rules on each."""
+    check_sweepable(agent.module.Config, grid)
+    configs = []
+    for point in grid_points(grid):
+        config = make_config(agent.module.Config, {**fields, **point})
+        try:
+            agent.check(config)
+        except ValueError as error:
+            raise FieldOutOfRange(str(error)) from None
+        configs.append(config)
+    return configs

@@ -15,18 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-class Divergence(RuntimeError):
-    """Every member of the run has diverged; the message names the first bad quantity."""
-
-
-class Interrupted(RuntimeError):
-    """A termination signal stopped the run after a final checkpoint; --resume continues it."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
 def params_finite(params) -> jax.Array:
     """Whether every parameter of one member is finite (a scalar bool, computed on device)."""
     leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(params)]

@@ -23,7 +23,8 @@ from rljax.runner import metadata, report
 from rljax.runner import spec as spec_lib
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.distributed import any_process, barrier, gather, is_primary, owned_members
-from rljax.runner.guard import Divergence, Interrupted, StopSignals, first_failures
+from rljax.runner.errors import Divergence, Interrupted
+from rljax.runner.guard import StopSignals, first_failures
 from rljax.runner.program import Program, build_program, chunk_updates
 from rljax.runner.rundir import check_free, check_sinks, run_directory
 from rljax.runner.sinks import (

@@ -18,9 +18,10 @@ from rljax import envs
 from rljax.envs.wrappers import NormalizeObservationState, env_action, find_state, normalize
 from rljax.runner import evaluation
 from rljax.runner.checkpoint import Checkpoints
+from rljax.runner.errors import RunError
 from rljax.runner.loop import STATE_STRUCTURE
 from rljax.runner.program import Program, build_program
-from rljax.runner.spec import RunError, load_run
+from rljax.runner.spec import load_run
 
 
 def restore(run_dir) -> tuple[Program, object, int]:

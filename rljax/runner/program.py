@@ -110,20 +110,6 @@ class Program:
         }
 
 
-def member_configs(agent: agents.Declaration, spec: RunSpec) -> list:
-    """One validated Config per grid point; the agent checks its cross-field rules on each."""
-    config_lib.check_sweepable(agent.module.Config, spec.grid)
-    configs = []
-    for point in config_lib.grid_points(spec.grid):
-        config = config_lib.make_config(agent.module.Config, {**spec.agent, **point})
-        try:
-            agent.check(config)
-        except ValueError as error:
-            raise config_lib.FieldOutOfRange(str(error)) from None
-        configs.append(config)
-    return configs
-
-
 def build_program(spec: RunSpec, *, inner_wrapper=None, load_dataset: bool = True) -> Program:
     """Builds a resolved spec (``rljax.runner.spec.resolve_spec``); bad values raise named errors.
 
@@ -131,7 +117,7 @@ def build_program(spec: RunSpec, *, inner_wrapper=None, load_dataset: bool = Tru
     Without ``load_dataset`` a dataset run is built without its data, to restore and act.
     """
     agent = agents.declaration(spec.algo)
-    configs = member_configs(agent, spec)
+    configs = config_lib.member_configs(agent, spec.agent, spec.grid)
     dataset, references = None, None
     if agent.from_dataset:
         env, env_params = envs.make(**envs.without_normalization(spec.env))

@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from rljax.runner.distributed import is_primary
-from rljax.runner.spec import RunDirectoryExists, RunError
+from rljax.runner.errors import RunDirectoryExists, RunInUse, RunIOError
 
 LOCK = ".lock"
 ERROR_LOG = "error.log"
@@ -29,14 +29,6 @@ ERROR_LOG = "error.log"
 OWN_FILES = {LOCK, ERROR_LOG, "config.yaml", "state_structure.pkl", "run_info.json"}
 OWN_FILES |= {"metrics.csv", "metrics", "checkpoints", "tensorboard", "wandb"}
 SINK_MODULES = {"tensorboard": "tensorboardX", "wandb": "wandb"}
-
-
-class RunInUse(RunError):
-    """Another process holds the run directory's lock: it is training or resuming that run."""
-
-
-class RunIOError(RunError):
-    """Reading or writing the run directory failed (read-only, disk full, permissions)."""
 
 
 def check_sinks(tensorboard: bool, wandb_project: str | None) -> None:

@@ -15,23 +15,7 @@ import yaml
 from rljax import agents, data
 from rljax.data.dataset import sha256
 from rljax.runner import config as config_lib
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
-
-
-class RunDirectoryExists(RunError):
-    """The run directory exists and --resume was not given: it is never overwritten."""
-
-
-class NoRunDirectory(RunError):
-    """--resume of a directory that does not exist."""
-
-
-class DatasetChanged(RunError):
-    """A resumed run's dataset whose SHA-256 differs from the one the run started with."""
-
+from rljax.runner.errors import DatasetChanged, NoRunDirectory, RunDirectoryExists, RunError
 
 # Updates, and env (or gradient) steps per member, must fit the agents' int32 step counters.
 MAX_STEPS = 2**31 - 1
