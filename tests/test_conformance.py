@@ -428,6 +428,30 @@ def test_train_is_init_then_a_scan_of_update(name):
             assert np.isfinite(value).all(), f"{name}: metric {key} = {value}"
 
 
+DATASET_NAMES = [n for n in NAMES if FIXTURES[n].source == agents.DATASET]
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES, ids=DATASET_NAMES)
+def test_dataset_update_samples_its_own_batch(name):
+    """A dataset agent's update is update_on_batch on sample_batch, with the key split from
+    state.rng as the runner did before the contract (so results did not move)."""
+    s = setup(name)
+    module, config, dataset = s.module, s.config, s.dataset
+
+    def both(rng):
+        state = module.init(config, dataset, rng)
+        rng, key = jax.random.split(state.rng)
+        batch = module.sample_batch(config, dataset, key)
+        by_hand = module.update_on_batch(config, state.replace(rng=rng), batch)
+        return module.update(config, dataset, state), by_hand
+
+    updated, by_hand = compiled(both, jax.random.PRNGKey(3))
+    for (path, a), (_, b) in zip(
+        leaves_with_paths(updated), leaves_with_paths(by_hand), strict=True
+    ):
+        np.testing.assert_array_equal(a, b, err_msg=f"{name}: {path}")
+
+
 def observations_and_space(s: Setup, count: int):
     """``count`` observations and goals (None unless from a dataset), and the action shape and
     bounds: ("discrete", n) or ("box", low, high)."""

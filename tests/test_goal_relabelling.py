@@ -5,7 +5,6 @@ a NumPy port of OGBench's ``GCDataset.sample_goals`` (seohongpark/ogbench
 probabilities, and all copies must be the same text, so they cannot drift apart. ``update``
 samples its relabelled batch from the state's key exactly as the runner did."""
 
-import dataclasses
 import importlib
 import inspect
 import re
@@ -300,35 +299,6 @@ def test_check_names_a_mixture_that_does_not_sum_to_1(module):
         module.init(short, dataset, jax.random.PRNGKey(0))
     stacked = jax.tree.map(lambda *x: jnp.stack(x), short, short)
     jax.vmap(module.check)(stacked)  # traced: nothing to read, nothing raised
-
-
-def test_update_samples_its_batch_from_the_state_key(module):
-    """update(config, dataset, state) is the runner's former step, bit for bit: split the
-    state's key, sample_batch with the second half, update_on_batch with the first kept (so
-    train, a scan of update, trains as the runner's chunks did). Eager: no compilation."""
-    lengths = [12, 7, 9]
-    final_of, _ = trajectories(lengths)
-    n = len(final_of)
-    rng = np.random.default_rng(8)
-    obs = rng.uniform(0, 1, (n, 2)).astype(np.float32)
-    dataset = Dataset.from_arrays(
-        observations=obs, actions=rng.uniform(-1, 1, (n, 2)), rewards=np.zeros(n),
-        terminals=np.zeros(n), timeouts=(np.arange(n) == final_of).astype(np.float32),
-        next_observations=np.roll(obs, -1, 0),
-    )  # fmt: skip
-    fields = {f.name for f in dataclasses.fields(module.Config)}
-    small = {"batch_size": 8, "hidden_sizes": (8,), "latent_dim": 8, "dim_per_component": 4,
-             "subgoal_steps": 3}  # fmt: skip
-    config = module.Config(**{k: v for k, v in small.items() if k in fields})
-    state = module.init(config, dataset, jax.random.PRNGKey(9))
-    rng, batch_key = jax.random.split(state.rng)
-    batch = module.sample_batch(config, dataset, batch_key)
-    want = module.update_on_batch(config, state.replace(rng=rng), batch)
-    got = module.update(config, dataset, state)
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert int(got[0].step) == 1 and not np.array_equal(got[0].rng, state.rng)
 
 
 # --- The copies are one text ---

@@ -4,15 +4,12 @@ deterministic training on a tiny dataset, named init errors, the offline contrac
 constants, update sampling its own batch, train as a scan of update, act from Params' action_dim)
 and learning from a Pendulum dataset."""
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from rljax import agents
 from rljax.agents import bc, iql, td3_bc
 from rljax.data import Dataset, episode_returns
 
@@ -403,40 +400,6 @@ def test_bc_init_names_bad_datasets():
 # --- The offline contract ---
 
 AGENTS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
-
-
-@pytest.mark.parametrize("name", AGENTS)
-def test_declares_the_dataset_contract_in_order(name):
-    declared = agents.declaration(name)
-    assert (declared.learns_from, declared.goal_conditioned, declared.wraps_env) == (
-        agents.DATASET,
-        False,
-        False,
-    )
-    lines = [inspect.getsourcelines(getattr(AGENTS[name], n))[1] for n in agents.CONTRACT]
-    assert lines == sorted(lines), dict(zip(agents.CONTRACT, lines, strict=True))
-
-
-@pytest.mark.parametrize("name", AGENTS)
-def test_update_samples_its_own_batch_and_train_scans_it(name):
-    """update(config, dataset, state) is update_on_batch on sample_batch with a key split from
-    state.rng (the runner's step before the contract had it, so results did not move), and train
-    is init then a scan of update."""
-    agent = AGENTS[name]
-    dataset = synthetic_dataset()
-    config = agent.Config(**TINY, total_updates=3)
-    state = agent.init(config, dataset, jax.random.PRNGKey(9))
-    rng, key = jax.random.split(state.rng)
-    batch = agent.sample_batch(config, dataset, key)
-    by_hand = jax.jit(agent.update_on_batch)(config, state.replace(rng=rng), batch)
-    update = jax.jit(lambda s: agent.update(config, dataset, s))
-    assert_trees_close(update(state), by_hand, rtol=1e-6, atol=1e-7)
-    trained, metrics = jax.jit(lambda k: agent.train(config, dataset, k))(jax.random.PRNGKey(9))
-    for _ in range(3):
-        state, last = update(state)
-    assert int(trained.step) == 3 and all(v.shape[0] == 3 for v in metrics.values())
-    assert_trees_close(trained, state, rtol=1e-5, atol=1e-6)
-    assert_trees_close({k: v[-1] for k, v in metrics.items()}, last, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", AGENTS)

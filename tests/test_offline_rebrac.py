@@ -4,7 +4,6 @@ and targets, jit/vmap agreement, determinism, named init errors and the offline 
 (declared constants, update sampling its own batch, train as a scan of update, act from Params'
 action_dim)."""
 
-import inspect
 from types import SimpleNamespace
 
 import jax
@@ -12,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rljax import agents
 from rljax.agents import rebrac
 from rljax.data import Dataset
 
@@ -232,38 +230,6 @@ def test_init_errors_are_named():
 def assert_trees_close(a, b, **tolerance):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, **tolerance)
-
-
-def test_declares_the_dataset_contract_in_order():
-    declared = agents.declaration("rebrac")
-    assert (declared.learns_from, declared.goal_conditioned, declared.wraps_env) == (
-        agents.DATASET,
-        False,
-        False,
-    )
-    lines = [inspect.getsourcelines(getattr(rebrac, n))[1] for n in agents.CONTRACT]
-    assert lines == sorted(lines), dict(zip(agents.CONTRACT, lines, strict=True))
-
-
-def test_update_samples_its_own_batch_and_train_scans_it():
-    """update(config, dataset, state) is update_on_batch on sample_batch with a key split from
-    state.rng (the runner's step before the contract had it, so results did not move), and train
-    is init then a scan of update."""
-    dataset = _dataset()
-    config = rebrac.Config(hidden_sizes=(8,), batch_size=16)
-    state = rebrac.init(config, dataset, jax.random.PRNGKey(9))
-    rng, key = jax.random.split(state.rng)
-    batch = rebrac.sample_batch(config, dataset, key)
-    by_hand = jax.jit(rebrac.update_on_batch)(config, state.replace(rng=rng), batch)
-    update = jax.jit(lambda s: rebrac.update(config, dataset, s))
-    assert_trees_close(update(state), by_hand, rtol=1e-6, atol=1e-7)
-    run = jax.jit(lambda k: rebrac.train(config, dataset, k, num_updates=3))
-    trained, metrics = run(jax.random.PRNGKey(9))
-    for _ in range(3):
-        state, last = update(state)
-    assert int(trained.update_step) == 3 and all(v.shape[0] == 3 for v in metrics.values())
-    assert_trees_close(trained, state, rtol=1e-5, atol=1e-6)
-    assert_trees_close({k: v[-1] for k, v in metrics.items()}, last, rtol=1e-5, atol=1e-6)
 
 
 def test_act_takes_the_action_dim_from_params():
