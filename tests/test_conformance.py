@@ -540,3 +540,30 @@ def test_act_from_params_alone(name):
         np.testing.assert_array_equal(
             action, other, err_msg=f"{name}: deterministic, batch={batch}"
         )
+
+
+@parametrize_names
+def test_act_on_params_stacked_over_members(name):
+    """The action space's facts are static fields of Params, not leaves a sweep would batch, so
+    act vmaps over params stacked across members (as evaluation runs it) and gives each
+    member's own actions."""
+    s = setup(name)
+    module, config, goal_conditioned = s.module, s.config, s.declared.goal_conditioned
+    obs, goals, _, _ = observations_and_space(s, 3)
+    extra = (goals,) if goal_conditioned else ()
+
+    def members_and_each(obs, *extra):
+        params = [module.init(config, *s.source_args, jax.random.PRNGKey(i)).params for i in (0, 1)]
+        stacked = jax.tree.map(lambda *x: jnp.stack(x), *params)
+        key = jax.random.PRNGKey(5)
+        vmapped = jax.vmap(lambda p: module.act(config, p, obs, *extra, key, True))(stacked)
+        each = [module.act(config, p, obs, *extra, key, True) for p in params]
+        return vmapped, each, params[0]
+
+    vmapped, each, params = compiled(members_and_each, obs, *extra)
+    static = {f.name for f in dataclasses.fields(params) if not f.metadata.get("pytree_node", True)}
+    leaves = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+    assert static, f"{name}: Params keeps no static facts of the action space"
+    assert not any(f".{field}" in leaf for field in static for leaf in leaves), (name, static)
+    for member, actions in enumerate(each):
+        np.testing.assert_allclose(vmapped[member], actions, atol=1e-6, err_msg=f"{name} {member}")

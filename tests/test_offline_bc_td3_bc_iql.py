@@ -402,27 +402,6 @@ def test_bc_init_names_bad_datasets():
 AGENTS = {"bc": bc, "td3_bc": td3_bc, "iql": iql}
 
 
-@pytest.mark.parametrize("name", AGENTS)
-def test_act_takes_the_action_dim_from_params(name):
-    """action_dim is a static field of Params (not a leaf a sweep would batch), and act works on
-    params stacked over seeds, as an evaluation vmapped over members runs it."""
-    agent = AGENTS[name]
-    dataset = synthetic_dataset(action_dim=3)
-    config = agent.Config(**TINY)
-    members = [agent.init(config, dataset, jax.random.PRNGKey(i)).params for i in range(2)]
-    assert members[0].action_dim == 3
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(members[0])]
-    assert not any("action_dim" in p for p in paths)
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), *members)
-    obs, key = dataset.observations[:5], jax.random.PRNGKey(1)
-    for deterministic in (True, False):
-        actions = jax.vmap(lambda p, d=deterministic: agent.act(config, p, obs, key, d))(stacked)
-        assert actions.shape == (2, 5, 3) and (jnp.abs(actions) <= 1).all()
-        np.testing.assert_allclose(
-            actions[1], agent.act(config, members[1], obs, key, deterministic), atol=1e-6
-        )
-
-
 # --- Learning from a Pendulum dataset ---
 
 

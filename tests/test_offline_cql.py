@@ -204,23 +204,3 @@ def test_init_errors_are_named():
 def assert_trees_close(a, b, **tolerance):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, **tolerance)
-
-
-def test_act_takes_the_action_dim_from_params():
-    """action_dim is a static field of Params (not a leaf a sweep would batch, nor read from the
-    actor's kernel), and act works on params stacked over seeds, as an evaluation vmapped over
-    members runs it."""
-    dataset = _dataset()
-    config = cql.Config(hidden_sizes=(8,), batch_size=16)
-    members = [cql.init(config, dataset, jax.random.PRNGKey(i)).params for i in range(2)]
-    assert members[0].action_dim == 2
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(members[0])]
-    assert not any("action_dim" in p for p in paths)
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), *members)
-    obs, key = dataset.observations[:5], jax.random.PRNGKey(1)
-    for deterministic in (True, False):
-        actions = jax.vmap(lambda p, d=deterministic: cql.act(config, p, obs, key, d))(stacked)
-        assert actions.shape == (2, 5, 2) and (jnp.abs(actions) <= 1).all()
-        np.testing.assert_allclose(
-            actions[1], cql.act(config, members[1], obs, key, deterministic), atol=1e-6
-        )
