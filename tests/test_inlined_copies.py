@@ -176,8 +176,8 @@ def test_gae_by_hand():
 
 
 def test_gae_matches_the_loop():
-    """Random rollouts of 4 envs with terminations, truncations and both, under no-jit and jit;
-    lambda 1 and 0 included."""
+    """Random rollouts of 4 envs with terminations, truncations and both, under no-jit, jit and
+    vmap over envs; lambda 1 and 0 included."""
     rng = np.random.default_rng(0)
     shape = (25, 4)
     rewards, values, next_values = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
@@ -188,7 +188,8 @@ def test_gae_matches_the_loop():
     for gamma, lam in ((0.97, 0.9), (0.9, 1.0), (0.99, 0.0)):
         args = (rewards, values, next_values, terminated, truncated, gamma, lam)
         expected = gae_reference(*args)
-        for fn in (gae, jax.jit(gae)):
+        per_env = jax.vmap(gae, in_axes=(1, 1, 1, 1, 1, None, None), out_axes=1)
+        for fn in (gae, jax.jit(gae), per_env):
             for got, want in zip(fn(*args), expected, strict=True):
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 

@@ -1,4 +1,5 @@
-"""PDPPO: the combined advantage and the loss by hand, GAE, the contract, errors, learning."""
+"""PDPPO: the combined advantage and the loss by hand, the contract, errors, learning. (Its GAE
+is an inlined copy, checked in tests/test_inlined_copies.py.)"""
 
 import json
 from pathlib import Path
@@ -7,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_ppo import gae_reference
 
 from rljax import cli, envs
 from rljax.agents import pdppo, ppo
@@ -16,17 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = "rljax/LotSizing-5x2"
 # 4 updates of 4 envs x one whole 100-step episode.
 TINY = dict(num_envs=4, num_steps=100, num_minibatches=2, update_epochs=2, total_timesteps=1600)
-
-
-def test_gae_copy_matches_the_reference():
-    """pdppo.gae is ppo.gae: it equals the plain loop of tests/test_ppo.py."""
-    rng = np.random.default_rng(1)
-    shape = (12, 2)
-    rewards, values, next_values = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
-    terminated, truncated = rng.random(shape) < 0.2, rng.random(shape) < 0.2
-    args = (rewards, values, next_values, terminated, truncated, 0.9, 0.8)
-    for got, want in zip(pdppo.gae(*args), gae_reference(*args), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 # --- The paper's change, by hand ---

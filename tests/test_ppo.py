@@ -18,39 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, total_timesteps=8 * 64)
 
 
-def gae_reference(rewards, values, next_values, terminated, truncated, gamma, lam):
-    """GAE as a plain Python loop over time and envs (time-major inputs)."""
-    num_steps, num_envs = rewards.shape
-    advantages = np.zeros((num_steps, num_envs))
-    for n in range(num_envs):
-        next_advantage = 0.0
-        for t in reversed(range(num_steps)):
-            bootstrap = 0.0 if terminated[t, n] else gamma * next_values[t, n]
-            delta = rewards[t, n] + bootstrap - values[t, n]
-            episode_continues = not (terminated[t, n] or truncated[t, n])
-            next_advantage = delta + gamma * lam * episode_continues * next_advantage
-            advantages[t, n] = next_advantage
-    return advantages, advantages + values
-
-
-# --- GAE ---
-
-
-def test_gae_matches_a_python_loop():
-    """ppo.gae (no jit, jit, vmap over envs) equals the loop on random data with random
-    termination and truncation flags, some steps both."""
-    rng = np.random.default_rng(0)
-    shape = (20, 3)
-    rewards, values, next_values = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
-    terminated, truncated = rng.random(shape) < 0.2, rng.random(shape) < 0.2
-    assert (terminated & ~truncated).any() and (truncated & ~terminated).any()
-    args = (rewards, values, next_values, terminated, truncated, 0.97, 0.9)
-    expected_advantages, expected_targets = gae_reference(*args)
-    per_env = jax.vmap(ppo.gae, in_axes=(1, 1, 1, 1, 1, None, None), out_axes=1)
-    for fn in (ppo.gae, jax.jit(ppo.gae), per_env):
-        advantages, targets = fn(*args)
-        np.testing.assert_allclose(advantages, expected_advantages, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(targets, expected_targets, rtol=1e-5, atol=1e-5)
+# --- GAE (the reference loop, over every copy: tests/test_inlined_copies.py) ---
 
 
 def test_gae_bootstraps_through_truncation_exactly():
