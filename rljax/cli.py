@@ -1,4 +1,4 @@
-"""``rljax train | sweep | eval | envs | data``.
+"""The rljax command line: train, sweep, evaluate, export; list agents, fields, envs and data.
 
 Bad input (unknown names, out-of-range fields, an existing run directory) ends with one line
 naming the problem and exit status 2, never a traceback.
@@ -15,12 +15,13 @@ PRESET_KEYS = {"algo", "env", "agent", "seeds", "seed"}
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("algo", help="algorithm name, e.g. ppo")
-    parser.add_argument("--env", help="environment name (see `rljax envs`)")
+    parser.add_argument("algo", help="algorithm name, e.g. ppo (see 'rljax agents')")
+    parser.add_argument("--env", help="environment name (see 'rljax envs')")
     parser.add_argument("--config", type=Path, help="a YAML preset, e.g. configs/ppo/cartpole.yaml")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="set a config field (lr=3e-4) or an env option (env.normalize_obs=true)",
+        help="set a config field (lr=3e-4; see 'rljax fields ALGO') or an env option "
+        "(env.normalize_obs=true)",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, help="number of seeds, vmapped (default 1)")
     parser.add_argument("--seed", type=int, help="first seed (default 0)")
@@ -29,8 +30,15 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         help="environment steps per member (gradient steps for offline agents)",
     )  # fmt: skip
     parser.add_argument(
-        "--dataset", help="offline agents: a dataset file, or a name in the data directories"
+        "--dataset",
+        help="offline agents: a dataset file, or a name in the data directories (see 'rljax "
+        "data list')",
     )
+    parser.add_argument(
+        "--max-episode-steps", type=int, metavar="N",
+        help="offline agents: the env's time limit, to infer the episode ends of a D4RL file "
+        "that has no timeouts",
+    )  # fmt: skip
     parser.add_argument(
         "--eval-episodes", type=int,
         help="offline agents: evaluation episodes (per task) after each chunk (default 10)",
@@ -84,7 +92,7 @@ def _spec(args, grid: dict):
         env["name"] = args.env
     if args.total_steps is not None:
         agent[agents.declaration(args.algo).budget_field] = int(args.total_steps)
-    options = {"dataset": args.dataset}
+    options = {"dataset": args.dataset, "max_episode_steps": args.max_episode_steps}
     if args.eval_episodes is not None:
         options["eval_episodes"] = args.eval_episodes
     return RunSpec(
@@ -140,21 +148,39 @@ def _sweep(args) -> None:
 
 
 def _eval(args) -> None:
-    import numpy as np
-
+    from rljax.runner import report
     from rljax.runner.policy import evaluate_run
 
     returns, program, step = evaluate_run(
         args.run_dir, args.episodes, args.deterministic, args.seed
     )
-    returns = np.asarray(returns)
-    mode = "deterministic" if args.deterministic else "stochastic"
-    print(f"{args.run_dir}: update {step}, {args.episodes} {mode} episodes per member")
-    for m, (config_index, seed_index) in enumerate(program.members):
-        print(
-            f"  member {m} (config {config_index}, seed {program.spec.seed + seed_index}): "
-            f"return {returns[m].mean():.2f} +- {returns[m].std():.2f}"
-        )
+    options = {"episodes": args.episodes, "deterministic": args.deterministic, "seed": args.seed}
+    result = report.evaluation(args.run_dir, program, returns, step, options)
+    print("\n".join(report.evaluation_text(result, args.members)))
+    out = args.out or args.run_dir / "eval.json"
+    report.write_json(out, result)
+    print(f"wrote {out}")
+
+
+def _agents(args) -> None:
+    from rljax.runner import describe
+
+    print("\n".join(describe.agents_text()))
+
+
+def _fields(args) -> None:
+    from rljax import agents
+
+    agents.check_name(args.algo)  # before JAX imports: an unknown name fails at once
+    from rljax.runner import describe
+
+    print("\n".join(describe.fields_text(args.algo)))
+
+
+def _list(args) -> None:
+    from rljax.runner import describe
+
+    print("\n".join(describe.datasets_text()))
 
 
 def _envs(args) -> None:
@@ -203,7 +229,7 @@ def _info(args) -> None:
     from rljax import data
 
     path = data.resolve(args.dataset)
-    dataset, metadata = data.load(path)
+    dataset, metadata = data.load(path, max_episode_steps=args.max_episode_steps)
     returns = data.episode_returns(dataset.rewards, dataset.terminals, dataset.timeouts)
     print(f"{path}")
     print(f"  transitions {dataset.size:,}, episodes {len(returns):,}")
@@ -218,14 +244,77 @@ def _info(args) -> None:
         except data.NoReferenceScores:
             pass
         print(line)
-    for key in ("env", "kind", "policy", "seed"):
+    for key in ("env", "kind", "policy", "seed", "actions_rescaled_from", "converted_from"):
         if key in metadata:
             print(f"  {key}: {metadata[key]}")
+    if "env" not in metadata and data.source_env(metadata):  # from a Minari env_spec
+        print(f"  env: {data.source_env(metadata)['name']} (from its env_spec)")
+
+
+def _convert(args) -> None:
+    from rljax import data
+    from rljax.data import convert
+
+    bounds = None
+    if args.rescale_actions:
+        metadata = data.read_metadata(args.dataset)
+        env = {"name": args.env} if args.env else data.source_env(metadata)
+        bounds = _action_bounds(env, metadata, args.dataset)
+    written = convert.convert(
+        args.dataset, _output(args.out), layout=args.to, action_bounds=bounds,
+        env={"name": args.env} if args.env else None,
+        max_episode_steps=args.max_episode_steps, force=args.force,
+    )  # fmt: skip
+    rescaled = f", actions rescaled from [{bounds[0]}, {bounds[1]}]" if bounds else ""
+    print(f"wrote {written}{rescaled}")
+
+
+def _output(out: str) -> str:
+    """A Minari output given as a path (./name, ~/name, /abs) rather than an id, made absolute."""
+    from rljax.data import convert
+
+    if convert.layout_of(out) == "minari" and out.startswith((".", "~", "/")):
+        return str(Path(out).expanduser().resolve())
+    return out
+
+
+def _action_bounds(env: dict, metadata: dict, dataset: str) -> tuple:
+    """The action bounds of the env a dataset records (made without unit_actions), else of the
+    Box action space a Minari dataset records."""
+    import numpy as np
+
+    from rljax import envs
+    from rljax.data import MalformedDataset, convert
+
+    if env and env["name"] in {n for names in envs.names().values() for n in names}:
+        options = {k: v for k, v in env.items() if k not in ("name", "unit_actions")}
+        made, params = envs.make(env["name"], **envs.without_normalization(options))
+        space = made.action_space(params)
+        return np.asarray(space.low).tolist(), np.asarray(space.high).tolist()
+    bounds = convert.recorded_bounds(metadata)
+    if bounds is None:
+        raise MalformedDataset(
+            f"{dataset} records neither an env rljax can make nor a Box action space: pass "
+            "--env NAME, the env whose action bounds its actions are in (see 'rljax envs')"
+        )
+    return bounds
+
+
+def _version() -> str:
+    """``rljax X (jax Y)`` from the installed packages' metadata, without importing JAX."""
+    from importlib.metadata import version
+
+    return f"rljax {version('rljax')} (jax {version('jax')})"
 
 
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="rljax", description=__doc__.splitlines()[0])
-    commands = main.add_subparsers(dest="command", required=True)
+    main.add_argument(
+        "--version", action="version", version=_version(), help="print rljax's and jax's versions"
+    )
+    commands = main.add_subparsers(
+        title="commands", dest="command", required=True, metavar="COMMAND"
+    )
     train = commands.add_parser("train", help="train an agent over one or more seeds")
     _run_options(train)
     train.set_defaults(handler=lambda args: _train(args, {}))
@@ -236,16 +325,30 @@ def parser() -> argparse.ArgumentParser:
         help="values of a traced config field; repeat for a Cartesian product",
     )  # fmt: skip
     sweep.set_defaults(handler=_sweep)
-    evaluate = commands.add_parser("eval", help="evaluate the latest checkpoint of a run")
-    evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--episodes", type=int, default=16)
-    evaluate.add_argument("--deterministic", action="store_true")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate the latest checkpoint of a run: IQM and CI per config, into eval.json",
+    )
+    evaluate.add_argument("run_dir", type=Path, help="the run directory")
+    evaluate.add_argument(
+        "--episodes", type=int, default=16,
+        help="episodes per member, per task for goal-conditioned envs (default 16)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--deterministic", action="store_true", help="act greedily (default: sample actions)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
+    evaluate.add_argument(
+        "--members", action="store_true", help="also print one line per member (config, seed)"
+    )
+    evaluate.add_argument(
+        "--out", type=Path, help="where to write the results (default RUN_DIR/eval.json)"
+    )
     evaluate.set_defaults(handler=_eval)
     export = commands.add_parser(
         "export", help="write a run's policy as a jax.export artifact that needs jax alone"
     )
-    export.add_argument("run_dir", type=Path)
+    export.add_argument("run_dir", type=Path, help="the run directory")
     export.add_argument("out", type=Path, help="the artifact; its signature goes to OUT.json")
     export.add_argument("--member", type=int, default=0, help="which member (default 0)")
     export.add_argument(
@@ -254,8 +357,19 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
     listing = commands.add_parser("envs", help="list every environment name")
     listing.set_defaults(handler=_envs)
-    datasets = commands.add_parser("data", help="generate and inspect offline datasets")
-    data_commands = datasets.add_subparsers(dest="data_command", required=True)
+    agents = commands.add_parser(
+        "agents", help="list every agent by what it learns from, with its paper"
+    )
+    agents.set_defaults(handler=_agents)
+    fields = commands.add_parser(
+        "fields", help="an agent's config fields: defaults, allowed values, traced or static"
+    )
+    fields.add_argument("algo", help="algorithm name, e.g. iql (see 'rljax agents')")
+    fields.set_defaults(handler=_fields)
+    datasets = commands.add_parser("data", help="generate, list and inspect offline datasets")
+    data_commands = datasets.add_subparsers(
+        title="commands", dest="data_command", required=True, metavar="COMMAND"
+    )
     generate = data_commands.add_parser(
         "generate", help="train a behaviour agent and write its datasets (D4RL layout)"
     )
@@ -272,14 +386,52 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--episodes", type=int, help="mazes: trajectories (OGBench's default)")
     generate.add_argument("--steps", type=int, help="mazes: steps per trajectory")
     generate.add_argument("--out", type=Path, help="directory (default $RLJAX_DATA_DIR)")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     generate.add_argument(
         "--force", action="store_true", help="replace dataset files that already exist"
     )
     generate.set_defaults(handler=_generate)
+    listing = data_commands.add_parser(
+        "list", help="the datasets in the data directories: name, layout, size, env, kind"
+    )
+    listing.set_defaults(handler=_list)
     info = data_commands.add_parser("info", help="what a dataset holds")
     info.add_argument("dataset", help="a dataset file, or a name in the data directories")
+    info.add_argument(
+        "--max-episode-steps", type=int, metavar="N",
+        help="the env's time limit, for a D4RL file without timeouts",
+    )  # fmt: skip
     info.set_defaults(handler=_info)
+    conversion = data_commands.add_parser(
+        "convert",
+        help="write a dataset in another layout (D4RL, OGBench, Minari), or with its actions "
+        "rescaled to [-1, 1]",
+    )
+    conversion.add_argument("dataset", help="a dataset file, or a name in the data directories")
+    conversion.add_argument(
+        "out",
+        help="the output: X.hdf5 (D4RL), X.npz (OGBench), or a Minari id (ns/name-v0, under "
+        "$MINARI_DATASETS_PATH) or directory (./name, an absolute path)",
+    )
+    conversion.add_argument(
+        "--to", choices=("d4rl", "ogbench", "minari"), help="the layout (default: from OUT)"
+    )
+    conversion.add_argument(
+        "--rescale-actions", action="store_true",
+        help="map actions from the env's bounds onto [-1, 1], as offline agents learn them "
+        "(the bounds are recorded, so the policy acts in the env's units)",
+    )  # fmt: skip
+    conversion.add_argument(
+        "--env",
+        help="the env the data came from, when the metadata records none or one rljax cannot "
+        "make (see 'rljax envs')",
+    )
+    conversion.add_argument(
+        "--max-episode-steps", type=int, metavar="N",
+        help="the env's time limit, for a D4RL file without timeouts",
+    )  # fmt: skip
+    conversion.add_argument("--force", action="store_true", help="replace an existing OUT")
+    conversion.set_defaults(handler=_convert)
     return main
 
 

@@ -44,7 +44,14 @@ def test_train_eval_and_envs_end_to_end(tmp_path):
 
     evaluated = rljax("eval", tmp_path / "run", "--episodes", "3", "--deterministic")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "member 1 (config 0, seed 1): return" in evaluated.stdout
+    assert "episode return (IQM over seeds, 95% bootstrap CI):" in evaluated.stdout
+    assert "member 1" not in evaluated.stdout  # on request (--members: tests/test_cli_tells.py)
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert record["measure"] == "episode return" and record["references"] is None
+    (config,) = record["configs"]
+    assert config["seeds"] == 2 and config["ci_low"] <= config["iqm"] <= config["ci_high"]
+    assert f"  ppo{' ' * 33} {config['iqm']:9.2f}  [" in evaluated.stdout
+    assert [len(member["returns"]) for member in record["members"]] == [3, 3]
 
     listing = rljax("envs")
     assert listing.returncode == 0 and "brax/hopper" in listing.stdout

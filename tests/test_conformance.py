@@ -1,7 +1,8 @@
 """Every agent in ``rljax.agents.ALGORITHMS`` against the contract that ``rljax/agents/__init__.py``
 declares: the constants, the five public names in order, the signatures of its source, imports
-(nothing of rljax outside the demo, so the file runs when copied elsewhere), a cited paper,
-``train`` == ``init`` then a ``lax.scan`` of ``update``, and ``act`` from the params alone.
+(nothing of rljax outside the demo, so the file runs when copied elsewhere), a cited and declared
+paper, a meaning for every Config field, ``train`` == ``init`` then a ``lax.scan`` of
+``update``, and ``act`` from the params alone.
 
 The demos themselves (``python rljax/agents/NAME.py``) train for minutes: they are run by hand.
 """
@@ -257,6 +258,17 @@ def test_declaration(name):
 
 
 @parametrize_names
+def test_every_field_says_what_it_means(name):
+    """Every Config field has a doc in its metadata (what `rljax fields` prints): one line, under
+    100 characters, without a trailing period."""
+    for field in dataclasses.fields(agents.get(name).Config):
+        doc, where = field.metadata.get("doc"), f"{name}.Config.{field.name}"
+        assert isinstance(doc, str) and doc.strip(), f"{where} has no doc: {doc!r}"
+        assert "\n" not in doc and len(doc) < 100, f"{where}: doc {doc!r} is not one short line"
+        assert not doc.endswith("."), f"{where}: doc {doc!r} ends with a period"
+
+
+@parametrize_names
 def test_signatures_follow_the_protocol(name):
     """The positional parameters of each contract function are the Protocol's, with the goal
     after the observation in a goal-conditioned act, and train's budget defaulting to None."""
@@ -368,6 +380,34 @@ def test_docstring_cites_a_paper(name):
     doc = ast.get_docstring(source_tree(name)) or ""
     assert YEAR.search(doc), f"{name}'s docstring names no year"
     assert AUTHORS.search(doc), f"{name}'s docstring names no authors or arXiv id"
+
+
+# PAPER: 'Authors, "Title", Venue Year', the authors "First et al." when more than two.
+PAPER = re.compile(r'(?P<authors>[^"]+), "(?P<title>[^"]+)", (?P<venue>[^"]+) (?P<year>\d{4})')
+
+
+@parametrize_names
+def test_paper_is_the_one_the_docstring_cites(name):
+    """PAPER is one line in the declared form, and the module docstring cites the same paper:
+    its title, or its venue and year, appear there."""
+    paper = agents.declaration(name).paper
+    match = PAPER.fullmatch(paper)
+    assert match, f"{name}.PAPER={paper!r} is not 'Authors, \"Title\", Venue Year'"
+    authors = match["authors"]
+    assert authors.endswith(" et al.") or authors.count(",") <= 1, f"{name}: {authors}"
+    doc = " ".join((ast.get_docstring(source_tree(name)) or "").split())
+    cited = match["title"] in doc or (match["venue"] in doc and match["year"] in doc)
+    assert cited, f"{name}'s docstring does not cite its PAPER {paper!r}"
+
+
+def test_a_missing_or_empty_paper_is_refused(monkeypatch):
+    module = agents.get("ppo")
+    monkeypatch.setattr(module, "PAPER", " ")
+    with pytest.raises(agents.ContractError, match=r"rljax\.agents\.ppo\.PAPER"):
+        agents.declaration("ppo")
+    monkeypatch.delattr(module, "PAPER")
+    with pytest.raises(agents.ContractError, match="rljax.agents.ppo does not declare PAPER"):
+        agents.declaration("ppo")
 
 
 # --- Behaviour ---

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import h5py
 import jax
@@ -135,22 +136,30 @@ def test_a_terminal_before_a_boundary_is_not_also_a_timeout():
 def test_minari_round_trip_is_lossless(tmp_path):
     eps = _episodes(np.random.default_rng(1))
     meta = {"ref_min_score": 1.0, "ref_max_score": 2.0, "algorithm_name": "random"}
-    written = data.write_minari(tmp_path / "ns" / "toy-v0", eps, meta)
-    assert written["total_episodes"] == 3 and written["total_steps"] == 9
+    directory = data.write_minari("ns/toy-v0", eps, meta, root=tmp_path)
+    assert directory == tmp_path / "ns" / "toy-v0"
     back, back_meta = data.read_minari("ns/toy-v0", root=tmp_path)
-    assert back_meta == written and back_meta["algorithm_name"] == "random"
+    assert back_meta == json.loads((directory / "data" / "metadata.json").read_text())
+    assert back_meta["dataset_id"] == "ns/toy-v0" and back_meta["algorithm_name"] == "random"
+    assert back_meta["total_episodes"] == 3 and back_meta["total_steps"] == 9
     for i, (a, b) in enumerate(zip(eps, back, strict=True)):
         assert b.pop("id") == i
         _assert_same(a, b)
-    with h5py.File(tmp_path / "ns" / "toy-v0" / "data" / "main_data.hdf5") as f:
+    with h5py.File(directory / "data" / "main_data.hdf5") as f:
         assert list(f) == ["episode_0", "episode_1", "episode_2"]
         assert f["episode_1"].attrs["total_steps"] == 4 and f["episode_1"].attrs["id"] == 1
+    assert (tmp_path / "ns" / "namespace_metadata.json").read_text() == "{}"
+    assert sorted(p.name for p in directory.rglob("*")) == [
+        "data",
+        "main_data.hdf5",
+        "metadata.json",
+    ]
 
 
 def test_minari_episodes_become_transitions(tmp_path, monkeypatch):
     eps = _episodes(np.random.default_rng(2))
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    data.write_minari(tmp_path / "toy-v0", eps)
+    data.write_minari("toy-v0", eps)
     ds, _ = data.load_minari("toy-v0")
     got = ds.to_numpy()
     np.testing.assert_array_equal(
@@ -162,9 +171,101 @@ def test_minari_episodes_become_transitions(tmp_path, monkeypatch):
     np.testing.assert_array_equal(got["terminals"], [0, 0, 1, 0, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(got["timeouts"], [0, 0, 0, 0, 0, 0, 1, 0, 1])
     assert got["actions"].dtype.kind == "i"  # discrete actions keep their integer dtype
-    # The directory itself works as well as the id.
-    ds2, _ = data.load_minari(tmp_path / "toy-v0")
-    np.testing.assert_array_equal(ds2.to_numpy()["rewards"], got["rewards"])
+    # The directory itself, and its data/ folder (minari's own data_path), work as well as the id.
+    for path in (tmp_path / "toy-v0", tmp_path / "toy-v0" / "data"):
+        again, _ = data.load_minari(path)
+        np.testing.assert_array_equal(again.to_numpy()["rewards"], got["rewards"])
+
+
+def test_minari_datasets_written_before_minari_05_are_still_read(tmp_path):
+    """rljax once kept metadata.json beside data/ (checksum key relative to it)."""
+    eps = _episodes(np.random.default_rng(3))
+    directory = data.write_minari(tmp_path / "old-v0", eps)
+    meta = json.loads((directory / "data" / "metadata.json").read_text())
+    (directory / "data" / "metadata.json").unlink()
+    meta["rljax_sha256"] = {"data/main_data.hdf5": meta["rljax_sha256"]["main_data.hdf5"]}
+    (directory / "metadata.json").write_text(json.dumps(meta))
+    back, back_meta = data.read_minari(directory)
+    assert back_meta == meta and len(back) == 3
+    assert data.load(directory)[0].size == 9
+
+
+def test_minari_ids_are_looked_up_under_minari_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setenv("RLJAX_DATA_DIR", str(tmp_path / "rljax"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.DatasetNotFound) as missing:
+        data.resolve("mujoco/hopper/medium-v0")
+    message = str(missing.value)
+    assert str(tmp_path / "minari" / "mujoco" / "hopper" / "medium-v0") in message
+    assert "minari download" in message and "rljax data generate" not in message
+    directory = data.write_minari("mujoco/hopper/medium-v0", _episodes(np.random.default_rng(4)))
+    assert data.resolve("mujoco/hopper/medium-v0") == directory
+    assert data.load("mujoco/hopper/medium-v0")[0].size == 9
+    assert data.resolve(str(directory)) == directory  # a path still works
+
+
+def test_minari_writer_refuses_to_overwrite_and_writes_whole_datasets(tmp_path):
+    eps = _episodes(np.random.default_rng(5))
+    directory = data.write_minari("ns/toy-v0", eps, {"kind": "first"}, root=tmp_path)
+    with pytest.raises(data.DatasetExists, match="toy-v0 already exists; pass --force"):
+        data.write_minari("ns/toy-v0", eps, root=tmp_path)
+    with pytest.raises(TypeError, match="not JSON serializable"):  # fails after the HDF5 file
+        data.write_minari("ns/toy-v0", eps, {"kind": object()}, root=tmp_path, force=True)
+    assert data.read_minari(directory)[1]["kind"] == "first"  # the old dataset is intact
+    data.write_minari("ns/toy-v0", eps[:1], {"kind": "second"}, root=tmp_path, force=True)
+    assert data.read_minari(directory)[1]["kind"] == "second"
+    assert sorted(p.name for p in (tmp_path / "ns").iterdir()) == [
+        "namespace_metadata.json",
+        "toy-v0",
+    ]  # no partial or old copies left behind
+    (tmp_path / "ns" / "other-v0").mkdir()
+    with pytest.raises(data.DatasetExists, match="not a Minari dataset"):
+        data.write_minari("ns/other-v0", eps, root=tmp_path, force=True)
+    with pytest.raises(data.DatasetError, match=r"'ns/toy' is not a Minari dataset id"):
+        data.write_minari("ns/toy", eps, root=tmp_path)
+
+
+def test_source_env_prefers_rljax_env_then_minari_env_spec():
+    spec = {"id": "Hopper-v5", "max_episode_steps": 1000}
+    assert data.source_env({"env_spec": json.dumps(spec)}) == {"name": "Hopper-v5"}
+    assert data.source_env({"env_spec": spec}) == {"name": "Hopper-v5"}
+    env = {"name": "Pendulum-v1", "unit_actions": True}
+    assert data.source_env({"env": env, "env_spec": json.dumps(spec)}) == env
+    assert data.source_env({"env": "CartPole-v1"}) == {"name": "CartPole-v1"}
+    assert data.source_env({}) == {}
+    with pytest.raises(data.MalformedDataset, match="env_spec is not JSON"):
+        data.source_env({"env_spec": "{not json"})
+
+
+def test_local_datasets_lists_every_directory(tmp_path, monkeypatch):
+    for var, folder in [("RLJAX_DATA_DIR", "rljax"), ("D4RL_DATASET_DIR", "d4rl"),
+                        ("MINARI_DATASETS_PATH", "minari"), ("HOME", "home")]:  # fmt: skip
+        monkeypatch.setenv(var, str(tmp_path / folder))
+    monkeypatch.chdir(tmp_path)
+    assert data.local_datasets() == []  # none of the directories exists
+    data.write_d4rl(tmp_path / "rljax" / "x.hdf5", _d4rl_arrays(), {"env": "Pendulum-v1"})
+    data.write_d4rl(tmp_path / "d4rl" / "x.hdf5", _d4rl_arrays(), {"kind": "medium"})
+    maze = {"observations": np.zeros((4, 1)), "actions": np.zeros((4, 1)),
+            "terminals": np.r_[0, 0, 0, 1]}  # fmt: skip
+    ogbench = tmp_path / "home" / ".ogbench" / "data"
+    data.write_ogbench(ogbench / "maze-v0.npz", maze)
+    data.write_ogbench(ogbench / "maze-v0-val.npz", maze)
+    spec = json.dumps({"id": "Hopper-v5"})
+    eps = _episodes(np.random.default_rng(6))
+    minari_dir = data.write_minari("ns/toy-v0", eps, {"env_spec": spec, "kind": "random"})
+    listed = data.local_datasets()
+    assert [(d["name"], d["layout"], d["env"], d["kind"]) for d in listed] == [
+        ("x", "d4rl", "Pendulum-v1", None),
+        (str(tmp_path / "d4rl" / "x.hdf5"), "d4rl", None, "medium"),  # "x" is the first
+        ("maze-v0", "ogbench", None, None),
+        ("ns/toy-v0", "minari", "Hopper-v5", "random"),
+    ]
+    assert listed[0]["path"] == str(tmp_path / "rljax" / "x.hdf5")
+    assert listed[0]["bytes"] == (tmp_path / "rljax" / "x.hdf5").stat().st_size
+    assert listed[3]["bytes"] == sum(p.stat().st_size for p in minari_dir.rglob("*") if p.is_file())
+    for entry in listed:
+        assert data.resolve(entry["name"]) == Path(entry["path"])
 
 
 def test_ogbench_round_trip_and_shifted_transitions(tmp_path):
@@ -240,8 +341,8 @@ def _write_raw(path, arrays):
             r"'actions' has 9 rows \(shape \(9, 3\)\) but 'observations' has 10",
         ),
         (
-            lambda a: a.__setitem__("terminals", a["terminals"][:, None]),
-            r"'terminals' has shape \(10, 1\); expected 1 dimension",
+            lambda a: a.__setitem__("terminals", np.stack([a["terminals"]] * 2, 1)),
+            r"'terminals' has shape \(10, 2\); expected 1 dimension",
         ),
         (
             lambda a: a.__setitem__("infos/qpos", a["infos/qpos"][:3]),
@@ -302,9 +403,9 @@ def test_checksum_mismatch_is_detected(tmp_path):
 
     directory = tmp_path / "toy-v0"
     data.write_minari(directory, _episodes(np.random.default_rng(6)))
-    meta = json.loads((directory / "metadata.json").read_text())
-    meta["rljax_sha256"]["data/main_data.hdf5"] = "0" * 64
-    (directory / "metadata.json").write_text(json.dumps(meta))
+    meta = json.loads((directory / "data" / "metadata.json").read_text())
+    meta["rljax_sha256"]["main_data.hdf5"] = "0" * 64
+    (directory / "data" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(data.ChecksumMismatch, match="main_data.hdf5"):
         data.load_minari(directory)
 

@@ -231,16 +231,16 @@ def test_episode_metrics_without_episode_statistics():
 
 
 def test_field_static_traced_and_metadata():
-    """A static field is no pytree leaf (it is part of the treedef), a traced one is; bounds and
-    choices land in the metadata."""
+    """A static field is no pytree leaf (it is part of the treedef), a traced one is; bounds,
+    choices and doc land in the metadata, and a field without a doc cannot be written."""
     field = one("_field")
 
     @struct.dataclass
     class Config:
-        size: int = field(4, static=True, bounds="[1, inf)")
-        activation: str = field("tanh", static=True, choices=("tanh", "relu"))
-        lr: float = field(0.1, bounds="(0, inf)")
-        gamma: float = field(0.99)
+        size: int = field(4, static=True, bounds="[1, inf)", doc="a size")
+        activation: str = field("tanh", static=True, choices=("tanh", "relu"), doc="a switch")
+        lr: float = field(0.1, bounds="(0, inf)", doc="a rate")
+        gamma: float = field(0.99, doc="a discount")
 
     config = Config()
     assert jax.tree.leaves(config) == [0.1, 0.99]
@@ -251,6 +251,9 @@ def test_field_static_traced_and_metadata():
     assert fields["size"].metadata["bounds"] == "[1, inf)"
     assert fields["activation"].metadata["choices"] == ("tanh", "relu")
     assert fields["gamma"].metadata["bounds"] is None and fields["lr"].metadata["choices"] is None
+    assert fields["gamma"].metadata["doc"] == "a discount"
+    with pytest.raises(TypeError, match="doc"):
+        field(0.99)
     changed = jax.tree.map(lambda x: 2 * x, config)
     assert (changed.size, changed.lr) == (4, 0.2)
     assert jax.tree.structure(Config(size=5)) != jax.tree.structure(config)

@@ -90,7 +90,7 @@ def test_cli_trains_an_offline_agent_from_a_dataset(dataset_path, tmp_path, caps
         score = 100 * (member["final_return"] - REFERENCES[0]) / (REFERENCES[1] - REFERENCES[0])
         assert member["final_score"] == pytest.approx(score)
     assert (out / "curve.png").exists()
-    assert cli.main(["eval", str(out), "--episodes", "2", "--deterministic"]) == 0
+    assert cli.main(["eval", str(out), "--episodes", "2", "--deterministic", "--members"]) == 0
     assert "member 1" in capsys.readouterr().out
 
 
@@ -186,13 +186,14 @@ def test_a_missing_dataset_names_where_it_looked(tmp_path, capsys, monkeypatch):
 
 
 def test_actions_outside_the_unit_box_are_named(dataset_path, tmp_path):
-    """Datasets store actions in [-1, 1]; a file in torque units is refused by name."""
+    """Datasets store actions in [-1, 1]; a file in torque units is refused by name, with the
+    command that rescales it."""
     from rljax.data import read_d4rl
 
     arrays, metadata = read_d4rl(dataset_path)
     arrays["actions"] = 2 * arrays["actions"]
     write_d4rl(tmp_path / "torques.hdf5", arrays, metadata)
-    with pytest.raises(ValueError, match="rescale the dataset's actions into \\[-1, 1\\]"):
+    with pytest.raises(ValueError, match="holds actions in .* data convert .* --rescale-actions"):
         train(offline_spec(tmp_path / "torques.hdf5"), tmp_path / "run", print_fn=quiet)
 
 

@@ -191,7 +191,7 @@ def test_cli_train_and_eval(tmp_path, capsys, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resolved"]["advantage"] == "min" and summary["run"]["seeds"] == 2
     assert summary["failed"] == {} and len(summary["final_returns"]) == 2
-    assert cli.main(["eval", str(out), "--episodes", "4", "--deterministic"]) == 0
+    assert cli.main(["eval", str(out), "--episodes", "4", "--deterministic", "--members"]) == 0
     assert "member 1 (config 0, seed 1): return" in capsys.readouterr().out
 
 

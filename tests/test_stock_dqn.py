@@ -233,5 +233,5 @@ def test_cli_train_and_eval(tmp_path, capsys, monkeypatch):
     assert status == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resolved"]["objective"] == "cvar" and (out / "curve.png").exists()
-    assert cli.main(["eval", str(out), "--episodes", "4", "--deterministic"]) == 0
+    assert cli.main(["eval", str(out), "--episodes", "4", "--deterministic", "--members"]) == 0
     assert "member 0 (config 0, seed 0): return" in capsys.readouterr().out

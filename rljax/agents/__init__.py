@@ -1,13 +1,17 @@
 """The agents, one self-contained file each, and the contract they declare.
 
 Every agent file has five public names, in this order: ``Config``, ``init``, ``update``,
-``train``, ``act``. What an agent learns from, and whether it acts towards a goal, it declares
-with module constants, never found out by ``hasattr`` or ``inspect``:
+``train``, ``act``. What an agent learns from, whether it acts towards a goal and which paper it
+implements, it declares with module constants, never found out by ``hasattr`` or ``inspect``:
 
     LEARNS_FROM = "env"          # ENV, DATASET (or, reserved for the families to come,
                                  # DATASET_THEN_ENV and MODEL_THEN_DATASET)
     GOAL_CONDITIONED = False     # act(config, params, obs, goal, rng, deterministic)
     WRAPS_ENV = False            # wrap_env(config, env, env_params, params=None) changes the env
+    PAPER = 'Fujimoto, Gu, "A Minimalist Approach to Offline Reinforcement Learning", NeurIPS 2021'
+
+``PAPER`` is one line, the paper that the module docstring cites: the authors (the first one and
+"et al." when there are more than two), the title in quotes, the venue and the year.
 
 The signatures, per source (the Protocols below spell them out):
 
@@ -35,8 +39,9 @@ actions come out in the units the agent was trained in: the env's own for online
 units. Metrics named ``episode_*`` may be NaN; every other metric must stay finite.
 
 A ``Config`` is a ``flax.struct.dataclass``: shape-like fields static, numbers traced, each field
-with ``bounds`` or ``choices`` metadata. An agent may define ``check(config)`` for rules across
-fields, which the runner calls on each concrete config before stacking them.
+with ``bounds`` or ``choices`` metadata and a ``doc``, its meaning in one line. An agent may
+define ``check(config)`` for rules across fields, which the runner calls on each concrete config
+before stacking them.
 """
 
 import dataclasses
@@ -119,6 +124,7 @@ class Declaration:
     learns_from: str
     goal_conditioned: bool
     wraps_env: bool
+    paper: str
 
     @property
     def from_dataset(self) -> bool:
@@ -152,7 +158,7 @@ def get(name: str) -> ModuleType:
 def declaration(name: str) -> Declaration:
     """The declared contract of algorithm ``name``; ContractError if it declares it badly."""
     module = get(name)
-    missing = [n for n in (*CONTRACT, "LEARNS_FROM", "GOAL_CONDITIONED", "WRAPS_ENV")
+    missing = [n for n in (*CONTRACT, "LEARNS_FROM", "GOAL_CONDITIONED", "WRAPS_ENV", "PAPER")
                if not hasattr(module, n)]  # fmt: skip
     if missing:
         raise ContractError(f"{module.__name__} does not declare {', '.join(missing)}")
@@ -164,8 +170,18 @@ def declaration(name: str) -> Declaration:
         raise ContractError(f"{module.__name__} learns from a dataset but has no update_on_batch")
     if module.WRAPS_ENV and not hasattr(module, "wrap_env"):
         raise ContractError(f"{module.__name__}.WRAPS_ENV is set but it has no wrap_env")
+    if not isinstance(module.PAPER, str) or not module.PAPER.strip():
+        raise ContractError(
+            f"{module.__name__}.PAPER={module.PAPER!r}; declare the paper it implements in one "
+            "line, e.g. 'Author et al., \"Title\", Venue 2024'"
+        )
     return Declaration(
-        name, module, module.LEARNS_FROM, bool(module.GOAL_CONDITIONED), bool(module.WRAPS_ENV)
+        name,
+        module,
+        module.LEARNS_FROM,
+        bool(module.GOAL_CONDITIONED),
+        bool(module.WRAPS_ENV),
+        module.PAPER,
     )
 
 

@@ -1,8 +1,9 @@
 """Behaviour cloning, optionally of the best episodes only ("x% BC").
 
-As in CORL's ``any_percent_bc.py`` and unifloral's ``bc.py``, after Pomerleau (1991) and the
-"x% BC" baseline of Chen et al., "Decision Transformer", NeurIPS 2021: a deterministic tanh
-actor regresses on the dataset's actions,
+Pomerleau, "Efficient Training of Artificial Neural Networks for Autonomous Navigation", Neural
+Computation 1991, and the "x% BC" baseline of Chen et al., "Decision Transformer", NeurIPS 2021,
+as in CORL's ``any_percent_bc.py`` and unifloral's ``bc.py``: a deterministic tanh actor
+regresses on the dataset's actions,
 
     L_pi = mean((pi(s) - a)^2)      (the mean over the batch and the action dimensions)
 
@@ -23,23 +24,37 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+PAPER = (
+    'Pomerleau, "Efficient Training of Artificial Neural Networks for Autonomous Navigation", '
+    "Neural Computation 1991"
+)
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    batch_size: int = _field(256, static=True, bounds="[1, inf)")
-    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((256, 256), static=True)
-    normalize_obs: bool = _field(True, static=True)
-    frac: float = _field(1.0, static=True, bounds="(0, 1]")  # which rows exist is a shape
-    lr: float = _field(3e-4, bounds="(0, inf)")
+    batch_size: int = _field(
+        256, static=True, bounds="[1, inf)", doc="transitions per gradient step"
+    )
+    total_updates: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="gradient steps in all (the budget)"
+    )
+    hidden_sizes: tuple = _field((256, 256), static=True, doc="hidden-layer widths of the actor")
+    normalize_obs: bool = _field(
+        True, static=True, doc="normalize observations by the dataset's mean and std"
+    )
+    # Static: which rows exist is a shape.
+    frac: float = _field(
+        1.0, static=True, bounds="(0, 1]", doc="share of best episodes by return to clone (1: all)"
+    )
+    lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate")
 
     @property
     def num_updates(self) -> int:

@@ -28,41 +28,71 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+PAPER = 'Bellemare et al., "A Distributional Perspective on Reinforcement Learning", ICML 2017'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    num_envs: int = _field(4, static=True, bounds="[1, inf)")
-    num_steps: int = _field(64, static=True, bounds="[1, inf)")  # env steps per iteration
-    updates_per_iteration: int = _field(64, static=True, bounds="[1, inf)")  # gradient steps
-    batch_size: int = _field(64, static=True, bounds="[1, inf)")
-    buffer_size: int = _field(50_000, static=True, bounds="[1, inf)")
-    total_timesteps: int = _field(100_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((128, 128), static=True)
-    num_atoms: int = _field(51, static=True, bounds="[2, inf)")
+    num_envs: int = _field(
+        4, static=True, bounds="[1, inf)", doc="environments stepped in parallel"
+    )
+    num_steps: int = _field(
+        64, static=True, bounds="[1, inf)", doc="env steps per environment per iteration"
+    )
+    updates_per_iteration: int = _field(
+        64, static=True, bounds="[1, inf)", doc="gradient steps per iteration"
+    )
+    batch_size: int = _field(
+        64, static=True, bounds="[1, inf)", doc="transitions per gradient step"
+    )
+    buffer_size: int = _field(
+        50_000, static=True, bounds="[1, inf)", doc="replay buffer capacity in transitions"
+    )
+    total_timesteps: int = _field(
+        100_000, static=True, bounds="[1, inf)", doc="env steps summed over envs (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (128, 128), static=True, doc="hidden-layer widths of the Q-network"
+    )
+    num_atoms: int = _field(51, static=True, bounds="[2, inf)", doc="atoms K of the support z")
     # The support's ends only enter arithmetic, so a sweep may vmap over them.
-    v_min: float = _field(0.0)
-    v_max: float = _field(100.0)
-    lr: float = _field(1e-3, bounds="(0, inf)")
-    adam_eps: float = _field(0.01 / 32, bounds="(0, inf)")  # the paper's 0.01 / batch of 32
-    max_grad_norm: float = _field(10.0, bounds="(0, inf)")
-    gamma: float = _field(0.99, bounds="[0, 1]")
-    learning_starts: int = _field(1_000, bounds="[0, inf)")  # transitions before learning
-    target_update_interval: int = _field(100, bounds="[1, inf)")  # in gradient steps
-    tau: float = _field(1.0, bounds="(0, 1]")  # 1: the papers' hard copy; < 1: Polyak
-    start_e: float = _field(1.0, bounds="[0, 1]")
-    end_e: float = _field(0.01, bounds="[0, 1]")
-    exploration_fraction: float = _field(0.2, bounds="(0, 1]")  # of total_timesteps
+    v_min: float = _field(0.0, doc="lowest atom v_min of the support z")
+    v_max: float = _field(100.0, doc="highest atom v_max of the support z")
+    lr: float = _field(1e-3, bounds="(0, inf)", doc="Adam learning rate")
+    adam_eps: float = _field(
+        0.01 / 32, bounds="(0, inf)", doc="Adam epsilon (the paper's 0.01 / batch of 32)"
+    )
+    max_grad_norm: float = _field(
+        10.0, bounds="(0, inf)", doc="global norm that gradients are clipped to"
+    )
+    gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
+    learning_starts: int = _field(
+        1_000, bounds="[0, inf)", doc="transitions in the buffer before learning starts"
+    )
+    target_update_interval: int = _field(
+        100, bounds="[1, inf)", doc="gradient steps between target network updates"
+    )
+    tau: float = _field(
+        1.0, bounds="(0, 1]", doc="target update rate (1: the papers' hard copy; < 1: Polyak)"
+    )
+    start_e: float = _field(1.0, bounds="[0, 1]", doc="epsilon of epsilon-greedy at the start")
+    end_e: float = _field(
+        0.01, bounds="[0, 1]", doc="final epsilon, also act's when not deterministic"
+    )
+    exploration_fraction: float = _field(
+        0.2, bounds="(0, 1]", doc="fraction of total_timesteps over which epsilon decays"
+    )
 
     def __post_init__(self):
         # Python floats are a config being built; traced or stacked copies were checked then.

@@ -38,38 +38,64 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+PAPER = 'Kumar et al., "Conservative Q-Learning for Offline Reinforcement Learning", NeurIPS 2020'
 
 OBS_EPS = 1e-3
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 BATCH_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations")
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    batch_size: int = _field(256, static=True, bounds="[1, inf)")
-    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((256, 256, 256), static=True)
-    normalize_obs: bool = _field(True, static=True)
-    cql_n_actions: int = _field(10, static=True, bounds="[1, inf)")
-    cql_importance_sample: bool = _field(True, static=True)
-    cql_lagrange: bool = _field(False, static=True)
-    backup_entropy: bool = _field(False, static=True)
-    actor_lr: float = _field(3e-5, bounds="(0, inf)")
-    critic_lr: float = _field(3e-4, bounds="(0, inf)")
-    alpha_lr: float = _field(3e-5, bounds="(0, inf)")  # CORL: the policy's
-    gamma: float = _field(0.99, bounds="[0, 1]")
-    tau: float = _field(5e-3, bounds="(0, 1]")
-    cql_alpha: float = _field(10.0, bounds="[0, inf)")
-    cql_temperature: float = _field(1.0, bounds="(0, inf)")
-    cql_target_action_gap: float = _field(-1.0, bounds="(-inf, inf)")  # Lagrange only
-    init_log_alpha_prime: float = _field(1.0, bounds="(-inf, inf)")  # Lagrange only
+    batch_size: int = _field(
+        256, static=True, bounds="[1, inf)", doc="transitions per gradient step"
+    )
+    total_updates: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="gradient steps in all (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (256, 256, 256), static=True, doc="hidden-layer widths of the actor and both critics"
+    )
+    normalize_obs: bool = _field(
+        True, static=True, doc="normalize observations by the dataset's mean and std"
+    )
+    cql_n_actions: int = _field(
+        10, static=True, bounds="[1, inf)", doc="actions n sampled per source in the logsumexp"
+    )
+    cql_importance_sample: bool = _field(
+        True, static=True, doc="subtract the sampled actions' log densities"
+    )
+    cql_lagrange: bool = _field(
+        False, static=True, doc="tune alpha' to hold the gap at cql_target_action_gap"
+    )
+    backup_entropy: bool = _field(
+        False, static=True, doc="subtract alpha log pi(a'|s') in the critic target"
+    )
+    actor_lr: float = _field(3e-5, bounds="(0, inf)", doc="Adam learning rate of the actor")
+    critic_lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of the critics")
+    alpha_lr: float = _field(
+        3e-5, bounds="(0, inf)", doc="Adam learning rate of the temperature alpha (CORL: actor_lr)"
+    )
+    gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
+    tau: float = _field(5e-3, bounds="(0, 1]", doc="Polyak rate tau of the target critics")
+    cql_alpha: float = _field(
+        10.0, bounds="[0, inf)", doc="weight alpha_cql of the conservative term"
+    )
+    cql_temperature: float = _field(1.0, bounds="(0, inf)", doc="temperature T of the logsumexp")
+    cql_target_action_gap: float = _field(
+        -1.0, bounds="(-inf, inf)", doc="target gap of the Lagrange variant (Lagrange only)"
+    )
+    init_log_alpha_prime: float = _field(
+        1.0, bounds="(-inf, inf)", doc="initial log alpha' (Lagrange only)"
+    )
 
     @property
     def num_updates(self) -> int:

@@ -31,34 +31,68 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = True
 WRAPS_ENV = False
+PAPER = (
+    'Eysenbach et al., "Contrastive Learning as Goal-Conditioned Reinforcement Learning", '
+    "NeurIPS 2022"
+)
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    batch_size: int = _field(1024, static=True, bounds="[2, inf)")  # >= 2: one negative per row
-    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((512, 512, 512), static=True)
-    latent_dim: int = _field(512, static=True, bounds="[1, inf)")
-    layer_norm: bool = _field(True, static=True)
-    value_geom_sample: bool = _field(True, static=True)
-    actor_geom_sample: bool = _field(False, static=True)
-    gc_negative: bool = _field(False, static=True)  # rewards are not used by CRL
-    lr: float = _field(3e-4, bounds="(0, inf)")
-    discount: float = _field(0.99, bounds="[0, 1)")  # geometric goal offsets: the horizon
-    alpha: float = _field(0.1, bounds="[0, inf)")  # BC coefficient of DDPG+BC
-    value_p_curgoal: float = _field(0.0, bounds="[0, 1]")
-    value_p_trajgoal: float = _field(1.0, bounds="[0, 1]")
-    value_p_randomgoal: float = _field(0.0, bounds="[0, 1]")
-    actor_p_curgoal: float = _field(0.0, bounds="[0, 1]")
-    actor_p_trajgoal: float = _field(1.0, bounds="[0, 1]")
-    actor_p_randomgoal: float = _field(0.0, bounds="[0, 1]")
+    # At least 2: one negative per row.
+    batch_size: int = _field(
+        1024, static=True, bounds="[2, inf)", doc="rows B per step: B x B logits, B - 1 negatives"
+    )
+    total_updates: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="gradient steps in all (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (512, 512, 512), static=True, doc="hidden-layer widths of every network"
+    )
+    latent_dim: int = _field(
+        512, static=True, bounds="[1, inf)", doc="dimension of the critics' phi and psi"
+    )
+    layer_norm: bool = _field(True, static=True, doc="layer norm in the critics' phi and psi")
+    value_geom_sample: bool = _field(
+        True, static=True, doc="geometric future offsets for value goals (else uniform)"
+    )
+    actor_geom_sample: bool = _field(
+        False, static=True, doc="geometric future offsets for actor goals (else uniform)"
+    )
+    gc_negative: bool = _field(
+        False, static=True, doc="rewards 0/-1 (else 1/0); CRL does not use them"
+    )
+    lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of all networks")
+    discount: float = _field(
+        0.99, bounds="[0, 1)", doc="gamma of geometric goal offsets: the horizon"
+    )
+    alpha: float = _field(0.1, bounds="[0, inf)", doc="BC weight alpha of DDPG+BC")
+    value_p_curgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the value goal is the current state"
+    )
+    value_p_trajgoal: float = _field(
+        1.0, bounds="[0, 1]", doc="probability the value goal is a future state of its trajectory"
+    )
+    value_p_randomgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the value goal is a random dataset state"
+    )
+    actor_p_curgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the actor goal is the current state"
+    )
+    actor_p_trajgoal: float = _field(
+        1.0, bounds="[0, 1]", doc="probability the actor goal is a future state of its trajectory"
+    )
+    actor_p_randomgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the actor goal is a random dataset state"
+    )
 
     @property
     def num_updates(self) -> int:

@@ -42,6 +42,7 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+PAPER = 'Duan et al., "Distributional Soft Actor-Critic with Three Refinements", IEEE TPAMI 2025'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
@@ -50,34 +51,66 @@ EPS = 0.1  # e above: keeps the variance-based weights finite as sigma -> 0
 SIGMA_CLIP = 3.0  # the sample noise and the bound 3 b, both in standard deviations
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    num_envs: int = _field(20, static=True, bounds="[1, inf)")
-    num_steps: int = _field(1, static=True, bounds="[1, inf)")
-    utd_ratio: float = _field(0.05, static=True, bounds="(0, inf)")
-    batch_size: int = _field(256, static=True, bounds="[1, inf)")
-    buffer_size: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    learning_starts: int = _field(10_000, static=True, bounds="[0, inf)")
-    total_timesteps: int = _field(30_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((256, 256, 256), static=True)
-    activation: str = _field("gelu", static=True, choices=("relu", "gelu", "tanh"))
-    policy_delay: int = _field(2, static=True, bounds="[1, inf)")
-    critic_loss: str = _field("paper", static=True, choices=("paper", "dsac_v2"))
-    actor_lr: float = _field(1e-4, bounds="(0, inf)")
-    critic_lr: float = _field(1e-4, bounds="(0, inf)")
-    alpha_lr: float = _field(3e-4, bounds="(0, inf)")
-    gamma: float = _field(0.99, bounds="[0, 1]")
-    tau: float = _field(0.005, bounds="(0, 1]")
-    tau_b: float = _field(0.005, bounds="(0, 1]")
-    reward_scale: float = _field(1.0, bounds="(0, inf)")
-    init_alpha: float = _field(float(np.e), bounds="(0, inf)")  # the authors' log alpha = 1
+    num_envs: int = _field(
+        20, static=True, bounds="[1, inf)", doc="environments stepped in parallel"
+    )
+    num_steps: int = _field(
+        1, static=True, bounds="[1, inf)", doc="env steps per environment per iteration"
+    )
+    utd_ratio: float = _field(
+        0.05, static=True, bounds="(0, inf)", doc="gradient steps per env step"
+    )
+    batch_size: int = _field(
+        256, static=True, bounds="[1, inf)", doc="transitions per gradient step"
+    )
+    buffer_size: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="replay buffer capacity in transitions"
+    )
+    learning_starts: int = _field(
+        10_000, static=True, bounds="[0, inf)", doc="random-action env steps before learning starts"
+    )
+    total_timesteps: int = _field(
+        30_000_000, static=True, bounds="[1, inf)", doc="env steps summed over envs (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (256, 256, 256), static=True, doc="hidden-layer widths of the actor and both critics"
+    )
+    activation: str = _field(
+        "gelu", static=True, choices=("relu", "gelu", "tanh"), doc="activation of the hidden layers"
+    )
+    policy_delay: int = _field(
+        2, static=True, bounds="[1, inf)", doc="gradient steps per policy, alpha and target update"
+    )
+    critic_loss: str = _field(
+        "paper",
+        static=True,
+        choices=("paper", "dsac_v2"),
+        doc="the paper's critic loss or DSAC-v2's Huber one",
+    )
+    actor_lr: float = _field(1e-4, bounds="(0, inf)", doc="Adam learning rate of the actor")
+    critic_lr: float = _field(1e-4, bounds="(0, inf)", doc="Adam learning rate of the critics")
+    alpha_lr: float = _field(
+        3e-4, bounds="(0, inf)", doc="Adam learning rate of the temperature alpha"
+    )
+    gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
+    tau: float = _field(
+        0.005, bounds="(0, 1]", doc="Polyak rate tau of the target critics and policy"
+    )
+    tau_b: float = _field(0.005, bounds="(0, 1]", doc="rate tau_b of the moving average b of sigma")
+    reward_scale: float = _field(1.0, bounds="(0, inf)", doc="reward scale k in the critic target")
+    init_alpha: float = _field(
+        float(np.e), bounds="(0, inf)", doc="initial alpha (e: the authors' log alpha = 1)"
+    )
 
     @property
     def steps_per_update(self) -> int:

@@ -1,9 +1,9 @@
 """Goal-conditioned behaviour cloning (GCBC), as OGBench's ``impls/agents/gcbc.py``.
 
 Park, Frans, Eysenbach, Levine, "OGBench: Benchmarking Offline Goal-Conditioned RL", ICLR 2025
-(seohongpark/ogbench); the method is Lynch et al. (2019) and Ghosh et al. (2021), "Learning to
-Reach Goals via Iterated Supervised Learning". Each dataset row (s_i, a_i) is relabelled with a
-goal g drawn from the same trajectory's future (OGBench's actor goals: uniform over
+(seohongpark/ogbench); the method is Lynch et al. (2019) and Ghosh et al., "Learning to Reach
+Goals via Iterated Supervised Learning", ICLR 2021. Each dataset row (s_i, a_i) is relabelled
+with a goal g drawn from the same trajectory's future (OGBench's actor goals: uniform over
 [s_{i+1}, s_F] by default), and the policy maximises the likelihood of the dataset action:
 
     L_pi = -mean(log pi(a | s, g))
@@ -28,34 +28,62 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = True
 WRAPS_ENV = False
+PAPER = 'Ghosh et al., "Learning to Reach Goals via Iterated Supervised Learning", ICLR 2021'
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    batch_size: int = _field(1024, static=True, bounds="[1, inf)")
-    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((512, 512, 512), static=True)
-    discrete: bool = _field(False, static=True)
+    batch_size: int = _field(1024, static=True, bounds="[1, inf)", doc="rows per gradient step")
+    total_updates: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="gradient steps in all (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (512, 512, 512), static=True, doc="hidden-layer widths of the actor"
+    )
+    discrete: bool = _field(
+        False, static=True, doc="categorical actor over max(action) + 1 actions"
+    )
     # Goal sampling (OGBench GCDataset). GCBC trains on actor goals only; value goals, rewards
     # and masks are still in the batch, as in OGBench, so every GC agent's batch looks alike.
-    value_geom_sample: bool = _field(False, static=True)
-    actor_geom_sample: bool = _field(False, static=True)
-    gc_negative: bool = _field(True, static=True)
-    lr: float = _field(3e-4, bounds="(0, inf)")
-    discount: float = _field(0.99, bounds="[0, 1)")  # only for geometric goal offsets
-    value_p_curgoal: float = _field(0.0, bounds="[0, 1]")
-    value_p_trajgoal: float = _field(1.0, bounds="[0, 1]")
-    value_p_randomgoal: float = _field(0.0, bounds="[0, 1]")
-    actor_p_curgoal: float = _field(0.0, bounds="[0, 1]")
-    actor_p_trajgoal: float = _field(1.0, bounds="[0, 1]")
-    actor_p_randomgoal: float = _field(0.0, bounds="[0, 1]")
+    value_geom_sample: bool = _field(
+        False, static=True, doc="geometric future offsets for value goals (else uniform)"
+    )
+    actor_geom_sample: bool = _field(
+        False, static=True, doc="geometric future offsets for actor goals (else uniform)"
+    )
+    gc_negative: bool = _field(
+        True, static=True, doc="rewards 0/-1 (else 1/0); GCBC does not use them"
+    )
+    lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate")
+    discount: float = _field(
+        0.99, bounds="[0, 1)", doc="gamma, used only by geometric goal offsets"
+    )
+    value_p_curgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the value goal is the current state"
+    )
+    value_p_trajgoal: float = _field(
+        1.0, bounds="[0, 1]", doc="probability the value goal is a future state of its trajectory"
+    )
+    value_p_randomgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the value goal is a random dataset state"
+    )
+    actor_p_curgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the actor goal is the current state"
+    )
+    actor_p_trajgoal: float = _field(
+        1.0, bounds="[0, 1]", doc="probability the actor goal is a future state of its trajectory"
+    )
+    actor_p_randomgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the actor goal is a random dataset state"
+    )
 
     @property
     def num_updates(self) -> int:

@@ -30,37 +30,71 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = True
 WRAPS_ENV = False
+PAPER = 'Park et al., "OGBench: Benchmarking Offline Goal-Conditioned RL", ICLR 2025'
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    batch_size: int = _field(1024, static=True, bounds="[1, inf)")
-    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((512, 512, 512), static=True)
-    layer_norm: bool = _field(True, static=True)  # in the value and critic networks
-    discrete: bool = _field(False, static=True)
-    actor_loss: str = _field("ddpgbc", static=True, choices=("ddpgbc", "awr"))
-    value_geom_sample: bool = _field(True, static=True)
-    actor_geom_sample: bool = _field(False, static=True)
-    gc_negative: bool = _field(True, static=True)  # rewards 0/-1 (True) or 1/0
-    lr: float = _field(3e-4, bounds="(0, inf)")
-    discount: float = _field(0.99, bounds="[0, 1)")
-    tau: float = _field(0.005, bounds="(0, 1]")  # Polyak rate of the target critics
-    expectile: float = _field(0.9, bounds="(0, 1)")
-    alpha: float = _field(0.3, bounds="[0, inf)")  # BC weight (ddpgbc) or inverse temperature
-    value_p_curgoal: float = _field(0.2, bounds="[0, 1]")
-    value_p_trajgoal: float = _field(0.5, bounds="[0, 1]")
-    value_p_randomgoal: float = _field(0.3, bounds="[0, 1]")
-    actor_p_curgoal: float = _field(0.0, bounds="[0, 1]")
-    actor_p_trajgoal: float = _field(1.0, bounds="[0, 1]")
-    actor_p_randomgoal: float = _field(0.0, bounds="[0, 1]")
+    batch_size: int = _field(1024, static=True, bounds="[1, inf)", doc="rows per gradient step")
+    total_updates: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="gradient steps in all (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (512, 512, 512), static=True, doc="hidden-layer widths of every network"
+    )
+    layer_norm: bool = _field(True, static=True, doc="layer norm in the value and critic networks")
+    discrete: bool = _field(
+        False, static=True, doc="categorical actor (awr only), critics on one-hot actions"
+    )
+    actor_loss: str = _field(
+        "ddpgbc", static=True, choices=("ddpgbc", "awr"), doc="actor loss: ddpgbc (DDPG+BC) or awr"
+    )
+    value_geom_sample: bool = _field(
+        True, static=True, doc="geometric future offsets for value goals (else uniform)"
+    )
+    actor_geom_sample: bool = _field(
+        False, static=True, doc="geometric future offsets for actor goals (else uniform)"
+    )
+    gc_negative: bool = _field(
+        True, static=True, doc="rewards 0/-1 for reaching the value goal (else 1/0)"
+    )
+    lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of all networks")
+    discount: float = _field(
+        0.99, bounds="[0, 1)", doc="discount gamma (also of geometric goal offsets)"
+    )
+    tau: float = _field(0.005, bounds="(0, 1]", doc="Polyak rate tau of the target critics")
+    expectile: float = _field(
+        0.9, bounds="(0, 1)", doc="expectile tau of the value loss (0.5 = mean)"
+    )
+    alpha: float = _field(
+        0.3, bounds="[0, inf)", doc="BC weight alpha (ddpgbc) or AWR inverse temperature (awr)"
+    )
+    value_p_curgoal: float = _field(
+        0.2, bounds="[0, 1]", doc="probability the value goal is the current state"
+    )
+    value_p_trajgoal: float = _field(
+        0.5, bounds="[0, 1]", doc="probability the value goal is a future state of its trajectory"
+    )
+    value_p_randomgoal: float = _field(
+        0.3, bounds="[0, 1]", doc="probability the value goal is a random dataset state"
+    )
+    actor_p_curgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the actor goal is the current state"
+    )
+    actor_p_trajgoal: float = _field(
+        1.0, bounds="[0, 1]", doc="probability the actor goal is a future state of its trajectory"
+    )
+    actor_p_randomgoal: float = _field(
+        0.0, bounds="[0, 1]", doc="probability the actor goal is a random dataset state"
+    )
 
     @property
     def num_updates(self) -> int:

@@ -29,33 +29,50 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+PAPER = 'Kostrikov et al., "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022'
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    batch_size: int = _field(256, static=True, bounds="[1, inf)")
-    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((256, 256), static=True)
-    normalize_obs: bool = _field(True, static=True)
-    reward_preprocessing: str = _field(
-        "return_range", static=True, choices=("return_range", "antmaze", "none")
+    batch_size: int = _field(
+        256, static=True, bounds="[1, inf)", doc="transitions per gradient step"
     )
-    actor_lr: float = _field(3e-4, bounds="(0, inf)")
-    critic_lr: float = _field(3e-4, bounds="(0, inf)")
-    value_lr: float = _field(3e-4, bounds="(0, inf)")
-    gamma: float = _field(0.99, bounds="[0, 1]")
-    tau: float = _field(0.005, bounds="(0, 1]")
-    expectile: float = _field(0.7, bounds="(0, 1)")
-    beta: float = _field(3.0, bounds="[0, inf)")  # inverse temperature of the AWR weights
-    log_std_min: float = _field(-5.0)
-    log_std_max: float = _field(2.0)
+    total_updates: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="gradient steps in all (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (256, 256), static=True, doc="hidden-layer widths of the actor, critics and value"
+    )
+    normalize_obs: bool = _field(
+        True, static=True, doc="normalize observations by the dataset's mean and std"
+    )
+    reward_preprocessing: str = _field(
+        "return_range",
+        static=True,
+        choices=("return_range", "antmaze", "none"),
+        doc="reward rescaling as in the paper's code",
+    )
+    actor_lr: float = _field(
+        3e-4, bounds="(0, inf)", doc="initial learning rate of the actor, cosine-decayed to 0"
+    )
+    critic_lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of the critics")
+    value_lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of the value V")
+    gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
+    tau: float = _field(0.005, bounds="(0, 1]", doc="Polyak rate tau of the target critics")
+    expectile: float = _field(
+        0.7, bounds="(0, 1)", doc="expectile tau_e of the value loss (0.5 = mean)"
+    )
+    beta: float = _field(3.0, bounds="[0, inf)", doc="inverse temperature beta of the AWR weights")
+    log_std_min: float = _field(-5.0, doc="lower clip of the actor's log std")
+    log_std_max: float = _field(2.0, doc="upper clip of the actor's log std")
 
     @property
     def num_updates(self) -> int:

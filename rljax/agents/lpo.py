@@ -38,42 +38,72 @@ from flax.linen.initializers import constant, orthogonal
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+PAPER = 'Lu et al., "Discovered Policy Optimisation", NeurIPS 2022'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    num_envs: int = _field(4, static=True, bounds="[1, inf)")
-    num_steps: int = _field(128, static=True, bounds="[1, inf)")
-    num_minibatches: int = _field(4, static=True, bounds="[1, inf)")
-    update_epochs: int = _field(4, static=True, bounds="[1, inf)")
-    total_timesteps: int = _field(500_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((64, 64), static=True)
-    activation: str = _field("tanh", static=True, choices=("tanh", "relu"))
-    anneal_lr: bool = _field(True, static=True)
-    truncation_as_termination: bool = _field(False, static=True)
-    ta_lpo: bool = _field(False, static=True)  # training progress n/N in the drift's inputs
-    ppo_init: bool = _field(True, static=True)  # D_PPO inside the drift's ReLU
-    drift_hidden: int = _field(128, static=True, bounds="[1, inf)")
-    lr: float = _field(2.5e-4, bounds="(0, inf)")
-    gamma: float = _field(0.99, bounds="[0, 1]")
-    gae_lambda: float = _field(0.95, bounds="[0, 1]")
-    clip_eps: float = _field(0.2, bounds="(0, inf)")
-    ent_coef: float = _field(0.01, bounds="[0, inf)")
-    vf_coef: float = _field(0.5, bounds="[0, inf)")
-    max_grad_norm: float = _field(0.5, bounds="(0, inf)")
-    # The drift network's weights {"w1": (inputs, drift_hidden), "w2": (drift_hidden,)}, traced
-    # so a meta-trainer can vmap over them; None means all zeros: PPO's drift (see init_drift).
-    drift_params: Any = _field(None)
+    num_envs: int = _field(
+        4, static=True, bounds="[1, inf)", doc="environments stepped in parallel"
+    )
+    num_steps: int = _field(
+        128, static=True, bounds="[1, inf)", doc="env steps per environment per iteration"
+    )
+    num_minibatches: int = _field(
+        4, static=True, bounds="[1, inf)", doc="minibatches per epoch of the rollout"
+    )
+    update_epochs: int = _field(
+        4, static=True, bounds="[1, inf)", doc="passes of minibatch SGD over each rollout"
+    )
+    total_timesteps: int = _field(
+        500_000, static=True, bounds="[1, inf)", doc="env steps summed over envs (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (64, 64), static=True, doc="hidden-layer widths of the actor and of the critic"
+    )
+    activation: str = _field(
+        "tanh", static=True, choices=("tanh", "relu"), doc="activation of the hidden layers"
+    )
+    anneal_lr: bool = _field(
+        True, static=True, doc="decay the learning rate linearly to 0 over the run"
+    )
+    truncation_as_termination: bool = _field(
+        False, static=True, doc="treat time limits as terminations (as PureJaxRL)"
+    )
+    ta_lpo: bool = _field(
+        False, static=True, doc="TA-LPO: the training progress n/N among the drift's inputs"
+    )
+    ppo_init: bool = _field(
+        True, static=True, doc="put D_PPO inside the drift's ReLU (else D = ReLU(f - 1e-4))"
+    )
+    drift_hidden: int = _field(
+        128, static=True, bounds="[1, inf)", doc="hidden width of the drift network f"
+    )
+    lr: float = _field(
+        2.5e-4, bounds="(0, inf)", doc="Adam learning rate (the initial one when annealed)"
+    )
+    gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
+    gae_lambda: float = _field(0.95, bounds="[0, 1]", doc="GAE lambda")
+    clip_eps: float = _field(0.2, bounds="(0, inf)", doc="clip range eps of D_PPO and of the value")
+    ent_coef: float = _field(0.01, bounds="[0, inf)", doc="weight of the entropy bonus")
+    vf_coef: float = _field(0.5, bounds="[0, inf)", doc="weight of the value loss")
+    max_grad_norm: float = _field(
+        0.5, bounds="(0, inf)", doc="global norm that gradients are clipped to"
+    )
+    # Traced, so a meta-trainer can vmap over them: {"w1": (inputs, drift_hidden), "w2":
+    # (drift_hidden,)}, as init_drift makes them.
+    drift_params: Any = _field(None, doc="weights w1, w2 of the drift f (None: zeros, PPO's drift)")
 
     @property
     def steps_per_update(self) -> int:

@@ -34,38 +34,69 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+PAPER = (
+    'Tarasov et al., "Revisiting the Minimalist Approach to Offline Reinforcement Learning", '
+    "NeurIPS 2023"
+)
 
 OBS_EPS = 1e-3
 # The dataset arrays that sample_batch reads (rljax.data.Dataset's fields).
 FIELDS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    batch_size: int = _field(1024, static=True, bounds="[1, inf)")
-    total_updates: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((256, 256, 256), static=True)
-    num_critics: int = _field(2, static=True, bounds="[1, inf)")
-    critic_layernorm: bool = _field(True, static=True)
-    actor_layernorm: bool = _field(False, static=True)
-    normalize_obs: bool = _field(True, static=True)
-    normalize_q: bool = _field(True, static=True)
-    policy_freq: int = _field(2, static=True, bounds="[1, inf)")
-    actor_lr: float = _field(1e-3, bounds="(0, inf)")
-    critic_lr: float = _field(1e-3, bounds="(0, inf)")
-    gamma: float = _field(0.99, bounds="[0, 1]")
-    tau: float = _field(5e-3, bounds="(0, 1]")
-    actor_bc_coef: float = _field(0.01, bounds="[0, inf)")
-    critic_bc_coef: float = _field(0.01, bounds="[0, inf)")
-    policy_noise: float = _field(0.2, bounds="[0, inf)")
-    noise_clip: float = _field(0.5, bounds="[0, inf)")
+    batch_size: int = _field(
+        1024, static=True, bounds="[1, inf)", doc="transitions per gradient step"
+    )
+    total_updates: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="gradient steps in all (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (256, 256, 256), static=True, doc="hidden-layer widths of the actor and every critic"
+    )
+    num_critics: int = _field(2, static=True, bounds="[1, inf)", doc="critics in the ensemble")
+    critic_layernorm: bool = _field(
+        True, static=True, doc="layer norm after each hidden ReLU of the critics"
+    )
+    actor_layernorm: bool = _field(
+        False, static=True, doc="layer norm after each hidden ReLU of the actor"
+    )
+    normalize_obs: bool = _field(
+        True, static=True, doc="normalize observations by the dataset's mean and std"
+    )
+    normalize_q: bool = _field(
+        True, static=True, doc="scale the actor's Q-term by lambda = 1 / mean|Q|"
+    )
+    policy_freq: int = _field(
+        2, static=True, bounds="[1, inf)", doc="gradient steps per actor and target update"
+    )
+    actor_lr: float = _field(1e-3, bounds="(0, inf)", doc="Adam learning rate of the actor")
+    critic_lr: float = _field(1e-3, bounds="(0, inf)", doc="Adam learning rate of the critics")
+    gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
+    tau: float = _field(
+        5e-3, bounds="(0, 1]", doc="Polyak rate tau of the target actor and critics"
+    )
+    actor_bc_coef: float = _field(
+        0.01, bounds="[0, inf)", doc="behaviour penalty weight beta_actor in the actor loss"
+    )
+    critic_bc_coef: float = _field(
+        0.01, bounds="[0, inf)", doc="behaviour penalty weight beta_critic in the critic target"
+    )
+    policy_noise: float = _field(
+        0.2, bounds="[0, inf)", doc="std sigma of the noise on the target action"
+    )
+    noise_clip: float = _field(
+        0.5, bounds="[0, inf)", doc="clip c of the noise on the target action"
+    )
 
     @property
     def num_updates(self) -> int:

@@ -29,37 +29,62 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+PAPER = (
+    'Haarnoja et al., "Soft Actor-Critic: Off-Policy Maximum Entropy Deep Reinforcement '
+    'Learning with a Stochastic Actor", ICML 2018'
+)
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    num_envs: int = _field(1, static=True, bounds="[1, inf)")
-    num_steps: int = _field(1, static=True, bounds="[1, inf)")
-    utd_ratio: float = _field(1.0, static=True, bounds="(0, inf)")
-    batch_size: int = _field(256, static=True, bounds="[1, inf)")
-    buffer_size: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    learning_starts: int = _field(5_000, static=True, bounds="[0, inf)")
-    total_timesteps: int = _field(1_000_000, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((256, 256), static=True)
-    activation: str = _field("relu", static=True, choices=("relu", "gelu", "tanh"))
-    actor_lr: float = _field(3e-4, bounds="(0, inf)")
-    critic_lr: float = _field(3e-4, bounds="(0, inf)")
-    alpha_lr: float = _field(3e-4, bounds="(0, inf)")
-    gamma: float = _field(0.99, bounds="[0, 1]")
-    tau: float = _field(0.005, bounds="(0, 1]")
-    reward_scale: float = _field(1.0, bounds="(0, inf)")
-    init_alpha: float = _field(1.0, bounds="(0, inf)")
+    num_envs: int = _field(
+        1, static=True, bounds="[1, inf)", doc="environments stepped in parallel"
+    )
+    num_steps: int = _field(
+        1, static=True, bounds="[1, inf)", doc="env steps per environment per iteration"
+    )
+    utd_ratio: float = _field(
+        1.0, static=True, bounds="(0, inf)", doc="gradient steps per env step"
+    )
+    batch_size: int = _field(
+        256, static=True, bounds="[1, inf)", doc="transitions per gradient step"
+    )
+    buffer_size: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="replay buffer capacity in transitions"
+    )
+    learning_starts: int = _field(
+        5_000, static=True, bounds="[0, inf)", doc="random-action env steps before learning starts"
+    )
+    total_timesteps: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="env steps summed over envs (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (256, 256), static=True, doc="hidden-layer widths of the actor and both critics"
+    )
+    activation: str = _field(
+        "relu", static=True, choices=("relu", "gelu", "tanh"), doc="activation of the hidden layers"
+    )
+    actor_lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of the actor")
+    critic_lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of the critics")
+    alpha_lr: float = _field(
+        3e-4, bounds="(0, inf)", doc="Adam learning rate of the temperature alpha"
+    )
+    gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
+    tau: float = _field(0.005, bounds="(0, 1]", doc="Polyak rate tau of the target critics")
+    reward_scale: float = _field(1.0, bounds="(0, inf)", doc="reward scale k in the critic target")
+    init_alpha: float = _field(1.0, bounds="(0, inf)", doc="initial temperature alpha")
 
     @property
     def steps_per_update(self) -> int:

@@ -51,48 +51,91 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = True
+PAPER = (
+    'Ávila Pires et al., "Optimizing Return Distributions with Distributional Dynamic '
+    'Programming", JMLR 2025'
+)
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 OBJECTIVES = ("mean", "cvar", "threshold")
 
 
-def _field(default, *, static=False, bounds=None, choices=None):
+def _field(default, *, static=False, bounds=None, choices=None, doc):
     """A config field. Static fields are shapes and switches (changing one recompiles); the
-    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate."""
-    metadata = {"bounds": bounds, "choices": choices}
+    rest are traced, so a sweep can vmap over them. bounds/choices let a runner validate; doc,
+    the field's meaning in one line, is required so that no field goes unexplained."""
+    metadata = {"bounds": bounds, "choices": choices, "doc": doc}
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
 @struct.dataclass
 class Config:
-    num_envs: int = _field(8, static=True, bounds="[1, inf)")
-    num_steps: int = _field(16, static=True, bounds="[1, inf)")  # env steps per iteration
-    updates_per_iteration: int = _field(8, static=True, bounds="[1, inf)")  # gradient steps
-    batch_size: int = _field(128, static=True, bounds="[1, inf)")
-    buffer_size: int = _field(50_000, static=True, bounds="[1, inf)")
-    total_timesteps: int = _field(102_400, static=True, bounds="[1, inf)")
-    hidden_sizes: tuple = _field((128, 128), static=True)
-    num_atoms: int = _field(41, static=True, bounds="[2, inf)")
-    objective: str = _field("cvar", static=True, choices=OBJECTIVES)
+    num_envs: int = _field(
+        8, static=True, bounds="[1, inf)", doc="environments stepped in parallel"
+    )
+    num_steps: int = _field(
+        16, static=True, bounds="[1, inf)", doc="env steps per environment per iteration"
+    )
+    updates_per_iteration: int = _field(
+        8, static=True, bounds="[1, inf)", doc="gradient steps per iteration"
+    )
+    batch_size: int = _field(
+        128, static=True, bounds="[1, inf)", doc="transitions per gradient step"
+    )
+    buffer_size: int = _field(
+        50_000, static=True, bounds="[1, inf)", doc="replay buffer capacity in transitions"
+    )
+    total_timesteps: int = _field(
+        102_400, static=True, bounds="[1, inf)", doc="env steps summed over envs (the budget)"
+    )
+    hidden_sizes: tuple = _field(
+        (128, 128), static=True, doc="hidden-layer widths of the Q-network"
+    )
+    num_atoms: int = _field(41, static=True, bounds="[2, inf)", doc="atoms K of the support z")
+    objective: str = _field(
+        "cvar", static=True, choices=OBJECTIVES, doc="utility f that the greedy step maximizes"
+    )
     # The stock wrapper reads these, and it is built once per run: they cannot be swept.
-    gamma: float = _field(1.0, static=True, bounds="(0, 1]")
-    stock_low: float = _field(0.0, static=True)
-    stock_high: float = _field(12.0, static=True)
-    num_stock_candidates: int = _field(25, static=True, bounds="[1, inf)")
-    alpha: float = _field(0.1, bounds="(0, 1]")  # the CVaR level
-    threshold: float = _field(0.0)  # the return the "threshold" objective aims to reach
-    v_min: float = _field(-20.0)
-    v_max: float = _field(0.0)
-    lr: float = _field(1e-3, bounds="(0, inf)")
-    adam_eps: float = _field(0.01 / 32, bounds="(0, inf)")  # C51's 0.01 / batch of 32
-    max_grad_norm: float = _field(10.0, bounds="(0, inf)")
-    learning_starts: int = _field(1_000, bounds="[0, inf)")  # transitions before learning
-    target_update_interval: int = _field(100, bounds="[1, inf)")  # in gradient steps
-    tau: float = _field(1.0, bounds="(0, 1]")  # 1: the papers' hard copy; < 1: Polyak
-    start_e: float = _field(1.0, bounds="[0, 1]")
-    end_e: float = _field(0.05, bounds="[0, 1]")
-    exploration_fraction: float = _field(0.3, bounds="(0, 1]")  # of total_timesteps
+    gamma: float = _field(
+        1.0, static=True, bounds="(0, 1]", doc="discount; the stock becomes (c + r) / gamma"
+    )
+    stock_low: float = _field(
+        0.0, static=True, doc="lowest training stock c_0 and lowest candidate"
+    )
+    stock_high: float = _field(
+        12.0, static=True, doc="highest training stock c_0 and highest candidate"
+    )
+    num_stock_candidates: int = _field(
+        25, static=True, bounds="[1, inf)", doc="stocks on the grid the cvar c_0 search tries"
+    )
+    alpha: float = _field(0.1, bounds="(0, 1]", doc="CVaR level alpha (enters only the c_0 search)")
+    threshold: float = _field(0.0, doc="return the threshold objective aims to reach")
+    v_min: float = _field(-20.0, doc="lowest atom v_min of the support z")
+    v_max: float = _field(0.0, doc="highest atom v_max of the support z")
+    lr: float = _field(1e-3, bounds="(0, inf)", doc="Adam learning rate")
+    adam_eps: float = _field(
+        0.01 / 32, bounds="(0, inf)", doc="Adam epsilon (C51's 0.01 / batch of 32)"
+    )
+    max_grad_norm: float = _field(
+        10.0, bounds="(0, inf)", doc="global norm that gradients are clipped to"
+    )
+    learning_starts: int = _field(
+        1_000, bounds="[0, inf)", doc="transitions in the buffer before learning starts"
+    )
+    target_update_interval: int = _field(
+        100, bounds="[1, inf)", doc="gradient steps between target network updates"
+    )
+    tau: float = _field(
+        1.0, bounds="(0, 1]", doc="target update rate (1: the papers' hard copy; < 1: Polyak)"
+    )
+    start_e: float = _field(1.0, bounds="[0, 1]", doc="epsilon of epsilon-greedy at the start")
+    end_e: float = _field(
+        0.05, bounds="[0, 1]", doc="final epsilon, also act's when not deterministic"
+    )
+    exploration_fraction: float = _field(
+        0.3, bounds="(0, 1]", doc="fraction of total_timesteps over which epsilon decays"
+    )
 
     def __post_init__(self):
         if not self.stock_low < self.stock_high:

@@ -1,4 +1,4 @@
-"""Offline datasets: one device ``Dataset``; D4RL, Minari and OGBench files, local only.
+"""Offline datasets: one device ``Dataset``; D4RL, Minari (0.5) and OGBench files, local only.
 
 Nothing here downloads: a missing file raises DatasetNotFound with the path that was looked at.
 """
@@ -22,8 +22,10 @@ from rljax.data.files import (
     GENERATED_TAGS,
     MAZE_KINDS,
     data_dir,
+    dataset_dirs,
     generate_command,
     load,
+    local_datasets,
     prepare_outputs,
     read_metadata,
     resolve,
@@ -55,12 +57,14 @@ __all__ = [
     "check_values",
     "episode_returns",
     "data_dir",
+    "dataset_dirs",
     "episodes_to_arrays",
     "generate_command",
     "load",
     "load_d4rl",
     "load_minari",
     "load_ogbench",
+    "local_datasets",
     "read_metadata",
     "normalized_score",
     "prepare_outputs",

@@ -6,12 +6,23 @@ A D4RL file is one HDF5 file of flat, row-aligned arrays: ``observations`` (N, o
 ``metadata/*`` group of policy weights that is not row-aligned. Rows run episode after episode;
 ``terminals`` marks true termination and ``timeouts`` a time limit.
 
-``load_d4rl`` turns the rows into transitions exactly as ``d4rl.qlearning_dataset`` (default
+``load_d4rl`` turns the rows into transitions as ``d4rl.qlearning_dataset`` (default
 ``terminate_on_end=False``) does: row i pairs with row i + 1 as its next observation, a row whose
 ``timeouts`` is set is dropped (its successor starts the next episode, so it has no valid next
 observation), and the last row is always dropped. The file's own ``next_observations``, where
 present, is ignored, as qlearning_dataset ignores it. Episode boundaries that the dropped rows
-would hide are kept in ``Dataset.timeouts`` (see ``rljax.data.dataset``).
+would hide are kept in ``Dataset.timeouts`` (see ``rljax.data.dataset``). ``rewards``,
+``terminals`` and ``timeouts`` of shape (N, 1) are read as (N,), as D4RL's ``get_dataset``
+squeezes the first two.
+
+A file without ``timeouts`` (some hand-made and older files) needs the env's time limit,
+``max_episode_steps`` (``--max-episode-steps`` on the command line): the row at which an
+episode reaches it is a timeout. Here an episode's steps are counted from 0 at its first row,
+after a timeout or a terminal alike. D4RL's own counter differs after a terminal: it resets to
+0 and then counts the terminal row, so the episode after a terminal is cut one row early (its
+row ``max_episode_steps - 2``, counting from 0, is dropped as a timeout, and the real last row is
+kept, paired with the next episode's first observation). rljax does not reproduce that
+off-by-one; after a timeout the two agree.
 
 What rljax writes on top of the layout, both ignored by D4RL's own reader: the dataset's metadata
 (reference returns ``ref_min_score``/``ref_max_score``, how it was generated) as a JSON string in
@@ -97,7 +108,8 @@ def _json_default(x):
 
 
 def read_d4rl(path, verify: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """The file's raw arrays (``infos/qpos`` style keys) and its metadata, checked.
+    """The file's raw arrays (``infos/qpos`` style keys) and its metadata, checked, with
+    (N, 1) columns squeezed (``squeeze_columns``).
 
     Raises DatasetNotFound, MalformedDataset (a missing key, a key whose shape disagrees, or
     values ``rljax.data.dataset.check_values`` refuses: non-numeric or non-finite observations,
@@ -118,25 +130,44 @@ def read_d4rl(path, verify: bool = True) -> tuple[dict[str, np.ndarray], dict]:
             metadata = json.loads(f.attrs.get(METADATA_ATTR, "{}"))
     except OSError as e:
         raise DatasetError(f"{path} is not a readable HDF5 file: {e}") from None
+    arrays = squeeze_columns(arrays)
     _check(arrays, str(path))
     return arrays, metadata
+
+
+def squeeze_columns(arrays: dict) -> dict:
+    """``rewards``, ``terminals`` and ``timeouts`` of shape (N, 1) as (N,), as D4RL reads them."""
+    return {
+        k: v[:, 0] if k in ("rewards", "terminals", "timeouts") and np.ndim(v) == 2
+        and np.shape(v)[1] == 1 else v
+        for k, v in arrays.items()
+    }  # fmt: skip
 
 
 def qlearning_arrays(arrays: dict, max_episode_steps: int | None = None) -> dict[str, np.ndarray]:
     """Rows to transitions with ``d4rl.qlearning_dataset`` semantics (see the module docstring).
 
-    Without ``timeouts`` D4RL infers them from ``max_episode_steps`` (a timeout at every
-    ``max_episode_steps``-th step of an episode); so does this, and it needs the number.
+    ``max_episode_steps`` infers the timeouts of a file that has none (the module docstring says
+    how, and where D4RL's counter differs); a file with its own ``timeouts`` refuses it.
     """
+    arrays = squeeze_columns(arrays)
     _check(arrays, "qlearning_arrays")
     n = len(arrays["rewards"])
     terminals = np.asarray(arrays["terminals"]).astype(bool)
     if "timeouts" in arrays:
+        if max_episode_steps is not None:
+            raise MalformedDataset(
+                "the file has its own 'timeouts'; max_episode_steps (--max-episode-steps) "
+                "infers them only for a file without"
+            )
         timeouts = np.asarray(arrays["timeouts"]).astype(bool)
     elif max_episode_steps is None:
         raise MalformedDataset(
-            "missing key 'timeouts': pass max_episode_steps to infer them as D4RL does"
+            "missing key 'timeouts': pass the env's time limit, max_episode_steps "
+            "(--max-episode-steps N), to infer them as D4RL does"
         )
+    elif max_episode_steps < 1:
+        raise MalformedDataset(f"max_episode_steps={max_episode_steps} must be >= 1")
     else:
         timeouts = np.zeros(n, bool)
         step = 0

@@ -2,9 +2,13 @@
 
 ``rljax train iql --dataset pendulum-medium-replay`` finds ``pendulum-medium-replay.hdf5`` in
 rljax's data directory (``$RLJAX_DATA_DIR``, default ``~/.rljax/datasets``), where ``rljax data
-generate`` writes; then in D4RL's, OGBench's and Minari's own directories. The layout follows
-from the file: ``.hdf5`` is D4RL, ``.npz`` is OGBench, a directory with ``metadata.json`` is
-Minari.
+generate`` writes; then ``<name>.npz`` there, ``<name>.hdf5`` in D4RL's directory
+(``$D4RL_DATASET_DIR``, default ``~/.d4rl/datasets``), ``<name>.npz`` in OGBench's
+(``~/.ogbench/data``) and the Minari dataset ``<name>`` under ``$MINARI_DATASETS_PATH`` (default
+``~/.minari/datasets``). A name with a ``/`` (``mujoco/hopper/medium-v0``) is a Minari id and
+is looked up there only. The layout follows from what is found: ``.hdf5`` is D4RL, ``.npz`` is
+OGBench, a directory is Minari (``rljax.data.minari``). Only metadata is read to list datasets
+(``local_datasets``) or to find the env they were recorded on (``source_env``).
 """
 
 import json
@@ -22,6 +26,7 @@ from rljax.data.dataset import (
     DatasetError,
     DatasetExists,
     DatasetNotFound,
+    MalformedDataset,
     UnwritableOutput,
 )
 
@@ -66,11 +71,22 @@ def generate_command(name) -> str | None:
 
 def source_env(metadata: dict) -> dict:
     """The env a dataset's metadata records, as ``{"name": ..., **make() options}`` (empty if
-    it records none)."""
+    it records none): rljax's own ``env`` key, else the id in Minari's ``env_spec`` (gymnasium's
+    ``EnvSpec`` as a JSON string or a dict), which rljax may or may not be able to make."""
     env = metadata.get("env")
     if isinstance(env, str):
         return {"name": env}
-    return dict(env) if isinstance(env, dict) and "name" in env else {}
+    if isinstance(env, dict) and "name" in env:
+        return dict(env)
+    spec = metadata.get("env_spec")
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError as e:
+            raise MalformedDataset(f"the metadata's env_spec is not JSON: {e}") from None
+    return (
+        {"name": spec["id"]} if isinstance(spec, dict) and isinstance(spec.get("id"), str) else {}
+    )
 
 
 def prepare_outputs(paths, force: bool = False) -> None:
@@ -97,6 +113,8 @@ def prepare_outputs(paths, force: bool = False) -> None:
 
 
 def _candidates(name: str) -> list[Path]:
+    if "/" in name:  # a Minari id: the other layouts keep flat directories
+        return [minari.dataset_root() / name]
     return [
         data_dir() / f"{name}.hdf5",
         data_dir() / f"{name}.npz",
@@ -112,14 +130,19 @@ def resolve(name) -> Path:
     path = Path(name).expanduser()
     if path.exists():
         return path
-    found = [p for p in _candidates(str(name)) if p.is_file() or (p / "metadata.json").exists()]
-    if found and "/" not in str(name):
+    candidates = _candidates(str(name))
+    found = [p for p in candidates if p.is_file() or minari.metadata_file(p) is not None]
+    if found:
         return found[0]
-    looked = [path] if "/" in str(name) else [path, *_candidates(str(name))]
-    where = "\n".join(f"  {p}" for p in looked)
+    where = "\n".join(f"  {p}" for p in dict.fromkeys([path, *candidates]))
     command = generate_command(name)
     if command is not None:
         how = f"make it with: {command}"
+    elif minari.DATASET_ID.fullmatch(str(name)) and "/" in str(name):
+        how = (
+            f"a Minari id is read from {minari.dataset_root()}/<id>/data/ "
+            "($MINARI_DATASETS_PATH): `minari download <id>` puts it there"
+        )
     else:
         tags = ", ".join(f"{tag} ({env})" for env, tag in GENERATED_TAGS.items())
         how = (
@@ -129,22 +152,31 @@ def resolve(name) -> Path:
     raise DatasetNotFound(f"no dataset {name!r}; looked at:\n{where}\n{how}")
 
 
-def load(name, verify: bool = True) -> tuple[Dataset, dict]:
-    """The dataset (on device) and its metadata, whatever its layout."""
+def load(name, verify: bool = True, max_episode_steps: int | None = None) -> tuple[Dataset, dict]:
+    """The dataset (on device) and its metadata, whatever its layout.
+
+    ``max_episode_steps`` infers the timeouts of a D4RL file that has none
+    (``rljax.data.d4rl.qlearning_arrays``); the other layouts record every episode's end.
+    """
     path = resolve(name)
+    if max_episode_steps is not None and (path.is_dir() or path.suffix == ".npz"):
+        raise DatasetError(
+            f"{path}: max_episode_steps (--max-episode-steps) is for D4RL files without "
+            "timeouts; this dataset records where each episode ends"
+        )
     if path.is_dir():
         return minari.load_minari(path, verify=verify)
     if path.suffix == ".npz":
         return ogbench.load_ogbench(path, verify=verify)
-    return d4rl.load_d4rl(path, verify=verify)
+    return d4rl.load_d4rl(path, verify=verify, max_episode_steps=max_episode_steps)
 
 
 def read_metadata(name) -> dict:
     """A dataset's metadata without reading its arrays."""
     path = resolve(name)
+    if path.is_dir():
+        return minari.read_metadata(path)
     try:
-        if path.is_dir():
-            return json.loads((path / "metadata.json").read_text())
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
                 return json.loads(str(f[ogbench.METADATA_KEY])) if ogbench.METADATA_KEY in f else {}
@@ -152,3 +184,56 @@ def read_metadata(name) -> dict:
             return json.loads(f.attrs.get(d4rl.METADATA_ATTR, "{}"))
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path} is not a readable dataset: {e}") from None
+
+
+def dataset_dirs() -> list[Path]:
+    """Where ``resolve`` looks for names, in its order: rljax's data directory, D4RL's,
+    OGBench's and the Minari root."""
+    ogbench_dir = ogbench.dataset_file("name").parent
+    return [data_dir(), d4rl.dataset_dir(), ogbench_dir, minari.dataset_root()]
+
+
+def local_datasets() -> list[dict]:
+    """Every dataset in the data directories, in ``resolve``'s order, as dicts: ``name`` (what
+    ``--dataset`` takes: the short name, or the path where an earlier one has that name),
+    ``path``, ``layout`` (``"d4rl"``, ``"ogbench"`` or ``"minari"``), ``bytes`` on disk, and
+    ``env`` (its name, from ``source_env``) and ``kind`` from its metadata, None where it records
+    none or is unreadable. Arrays are not read; OGBench's ``-val`` splits and hidden files are
+    left out."""
+
+    def files(directory: Path, suffix: str) -> list[Path]:
+        paths = sorted(directory.glob(f"*{suffix}")) if directory.is_dir() else []
+        return [
+            p
+            for p in paths
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith("-val.npz")
+        ]
+
+    rljax_dir, d4rl_dir, ogbench_dir, minari_root = dataset_dirs()
+    found = {
+        **{p: ("d4rl", p.stem) for p in files(rljax_dir, ".hdf5")},
+        **{p: ("ogbench", p.stem) for p in files(rljax_dir, ".npz")},
+        **{p: ("d4rl", p.stem) for p in files(d4rl_dir, ".hdf5")},
+        **{p: ("ogbench", p.stem) for p in files(ogbench_dir, ".npz")},
+        **{p: ("minari", p.relative_to(minari_root).as_posix())
+           for p in minari.list_datasets(minari_root)},
+    }  # fmt: skip
+    listed = []
+    for path, (layout, short) in found.items():
+        try:
+            metadata = read_metadata(path)
+            env = source_env(metadata).get("name")
+        except DatasetError:
+            metadata, env = {}, None
+        on_disk = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        listed.append(
+            {
+                "name": short if resolve(short) == path else str(path),
+                "path": str(path),
+                "layout": layout,
+                "bytes": sum(p.stat().st_size for p in on_disk),
+                "env": env,
+                "kind": metadata.get("kind"),
+            }
+        )
+    return listed

@@ -34,6 +34,11 @@ recorded trajectory goes on, as in OGBench. A file with ``rewards`` but no ``mas
 reverse) cannot be read right and is refused by name. The last two layouts apply without
 rewards too (a goal-conditioned dataset saved after loading).
 
+Checked against ogbench 1.2.2 (``tests/test_real_ogbench.py``): ``ogbench.utils.load_dataset``
+(compact or not) reads our files as transitions equal to ours, and OGBench's own rows, loaded and
+relabelled by ``relabel_dataset`` and saved in each layout above, read here as OGBench's agents
+see them.
+
 Written files carry the metadata as a JSON string under the extra key ``rljax_metadata`` (OGBench
 reads only the keys it knows) and their SHA-256 in a ``<file>.sha256`` sidecar, as in
 ``rljax.data.d4rl``.

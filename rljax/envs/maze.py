@@ -15,8 +15,16 @@ and runs 5 MuJoCo substeps in which only contacts act; a sphere of radius 0.7 to
 Here: ``xy += SPEED * clip(action, -1, 1)``, then the ball is pushed out of the walls exactly
 (clamped against the faces of orthogonally adjacent wall blocks, pushed radially away from the
 corner of a diagonally adjacent one). A step (<= 0.2 sqrt 2) is shorter than the radius, so the
-ball never passes through a wall; it slides along walls and rounds corners like a ball, where
-MuJoCo's soft contacts let it sink in slightly.
+ball never passes through a wall; it slides along walls and rounds corners like a ball.
+
+Checked against ogbench 1.2.2 (``tests/test_real_ogbench.py``; OGBench's teleport maze is not
+here): wall maps, cell centres and xy -> cell, the five tasks, the start/goal noise, the success
+radius (``<=``, after the step), reward, termination, action bounds and the 1000-step limit are
+OGBench's. One step from the same state lands within 1e-5 (float32 rounding) of OGBench's where
+the ball touches no wall, and within 0.06 where it does: MuJoCo's contacts are soft, so OGBench's
+ball ends a step up to ~0.05 inside a wall it was pushed into (the worst, a full diagonal step
+into a corner), where ours is pushed out exactly. By design, OGBench's env does not clip actions
+(its data scripts and evaluation loop do) and its observation space is unbounded float64.
 
 GridMaze: the same layouts as cells; the position is always a cell centre, actions 0..3 move one
 cell up, right, down, left (up = row - 1, i.e. -y), and a move into a wall keeps the cell.

@@ -21,7 +21,9 @@ last row of each is its final observation (with the action the expert would take
 loaders drop) and has ``terminals = 1``. ``rljax.data.load_ogbench`` reads the files back as
 ``episode_steps - 1`` transitions per trajectory. Where this differs from OGBench: the expert
 heads for the goal itself once in the goal's cell (OGBench's aims at the cell's centre and can
-linger there, short of a goal more than ~1 from it); no ``qpos``/``qvel`` infos are stored.
+linger there, short of a goal more than ~1 from it). PointMaze files also hold ``qpos``, the
+point's position (its observation), which OGBench's single-task relabelling reads; no
+``qvel`` is stored, as the JAX point has no velocity.
 """
 
 import functools
@@ -201,6 +203,8 @@ def write(
         key = jax.random.fold_in(jax.random.PRNGKey(seed), stream)
         arrays = _generate(env, kind, episodes, episode_steps, float(noise), key)
         del arrays["goals"]
+        if isinstance(env, maze.PointMaze):
+            arrays["qpos"] = arrays["observations"]
         metadata = {
             "env": env.name,
             "kind": kind,

@@ -47,7 +47,7 @@ class Checkpoints:
         self._manager.wait_until_finished()
         if is_primary():
             lines = [f"{digest}  {name}\n" for name, digest in _digests(self._step_dir(step))]
-            _write_atomically(self._checksum_file(step), "".join(lines))
+            write_atomically(self._checksum_file(step), "".join(lines))
             kept = {self._checksum_file(s) for s in self._manager.all_steps()}
             for stale in self.directory.glob("*.sha256"):  # of steps orbax has deleted
                 if stale not in kept and stale.stem.isdigit():
@@ -168,7 +168,7 @@ def _parse(text: str) -> dict[str, str]:
     return recorded
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     """Writes a temporary file beside ``path``, syncs it and renames it over ``path``."""
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w") as f:

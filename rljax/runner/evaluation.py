@@ -85,6 +85,13 @@ def episode_params(env, env_params, episodes: int):
     return env_params.replace(task_id=jnp.asarray(tasks)), axes, len(tasks)
 
 
+def task_means(returns, env) -> np.ndarray:
+    """Per-task means, (..., num_tasks), of returns (..., num_tasks x episodes) laid out as
+    ``episode_params`` lays out a goal-conditioned env's evaluation episodes: task by task."""
+    returns = np.asarray(returns)
+    return returns.reshape(*returns.shape[:-1], env.num_tasks, -1).mean(axis=-1)
+
+
 def evaluate_policy(policy, env, env_params, episodes: int, key):
     """Returns of ``episodes`` episodes of ``policy`` (per task, for goal-conditioned envs,
     whose returns are successes)."""

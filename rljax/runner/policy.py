@@ -119,8 +119,9 @@ def export_policy(run_dir, out, member: int = 0, deterministic: bool = True) -> 
 
 
 def evaluate_run(run_dir, episodes: int = 16, deterministic: bool = False, seed: int = 0):
-    """Returns of ``episodes`` fresh episodes per member (per task, for goal-conditioned envs),
-    (members, episodes x tasks), all in one jit; with the program and the checkpoint's update."""
+    """Returns of ``episodes`` fresh episodes per member (per task, for goal-conditioned envs,
+    laid out task by task: ``evaluation.task_means``), (members, episodes x tasks), all in one
+    jit; with the program and the checkpoint's update."""
     if episodes < 1:
         raise RunError(f"episodes={episodes} is out of range: it must be >= 1")
     program, state, step = restore(run_dir)

@@ -8,6 +8,7 @@ deterministic evaluation episodes, logged as ``episode_return`` at its last upda
 """
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -123,9 +124,15 @@ def build_program(spec: RunSpec, *, inner_wrapper=None, load_dataset: bool = Tru
         env, env_params = envs.make(**envs.without_normalization(spec.env))
         if load_dataset:
             path = data.resolve(spec.dataset)
-            dataset, metadata = data.load(path)
-            references = _references(metadata, path.stem)
+            dataset, metadata = data.load(path, max_episode_steps=spec.max_episode_steps)
             check_evaluation_env(spec, agent, dataset, env, env_params)
+        else:  # its metadata, when the dataset is still there, for the reference returns
+            try:
+                path = data.resolve(spec.dataset)
+                metadata = data.read_metadata(path)
+            except data.DatasetError:
+                path, metadata = Path(spec.dataset), {}
+        references = _references(metadata, path.stem)
     else:
         env, env_params = envs.make(**spec.env, inner_wrapper=inner_wrapper)
     if agent.wraps_env:  # an agent that adds to what its env observes
@@ -154,6 +161,10 @@ def _references(metadata: dict, name: str) -> tuple | None:
         return None
 
 
+# Actions recorded in float32 after clipping to [-1, 1] may overshoot it by rounding.
+ACTION_SLACK = 1e-5
+
+
 def check_evaluation_env(spec: RunSpec, agent, dataset, env, env_params) -> None:
     """The env a dataset agent is evaluated in must take the dataset's observations and
     actions (continuous ones in [-1, 1]) and, for a goal-conditioned agent, set goals."""
@@ -176,6 +187,13 @@ def check_evaluation_env(spec: RunSpec, agent, dataset, env, env_params) -> None
             raise config_lib.ConfigError(
                 f"{name} takes actions of shape {tuple(space.shape)} but the dataset's have "
                 f"shape {tuple(dataset.actions.shape[1:])}"
+            )
+        low, high = float(dataset.actions.min()), float(dataset.actions.max())
+        if low < -1 - ACTION_SLACK or high > 1 + ACTION_SLACK:
+            raise config_lib.ConfigError(
+                f"the dataset {spec.dataset} holds actions in [{low:.4g}, {high:.4g}], but "
+                "offline agents learn actions in [-1, 1]: rescale them from the env's bounds "
+                f"with `rljax data convert {spec.dataset} OUT --rescale-actions` and train on OUT"
             )
         if not (np.allclose(space.low, -1) and np.allclose(space.high, 1)):
             raise config_lib.ConfigError(

@@ -1,6 +1,7 @@
-"""What a run tells: the progress line, diverged members, and the summary, ranking and curves.
+"""What a run tells: the progress line, diverged members, the summary, ranking and curves, and
+what ``rljax eval`` reports.
 
-Everything here reads a Program and host-side metrics; nothing trains.
+Everything here reads a Program and host-side metrics or evaluation returns; nothing trains.
 """
 
 import dataclasses
@@ -11,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from rljax import data
+from rljax.runner import checkpoint, metadata, results
 from rljax.runner import config as config_lib
-from rljax.runner import metadata, results
+from rljax.runner import evaluation as evaluation_lib
 from rljax.runner.distributed import is_primary
 
 
@@ -30,6 +32,22 @@ def failures_text(program, failures: dict) -> str:
     return "; ".join(failure_text(program, m, failures[m]) for m in sorted(failures))
 
 
+# What a run's episode returns are reported as (``measured``).
+RETURN, SCORE, SUCCESS = "episode return", "normalized score", "success rate"
+
+
+def measured(program):
+    """(name, returns -> values): what a run's returns are reported as. A goal-conditioned
+    agent's returns are successes, a success rate even where its maze dataset's references
+    (0, 1) would make it a normalized score; other dataset runs with references report a
+    normalized score; the rest their episode return."""
+    if program.agent.goal_conditioned:
+        return SUCCESS, np.asarray
+    if program.references is not None:
+        return SCORE, _score(program)
+    return RETURN, np.asarray
+
+
 def progress(program, done, metrics, steps_per_second, eta_seconds) -> str:
     fraction = done / program.base.num_updates
     bar = "#" * int(20 * fraction) + "-" * (20 - int(20 * fraction))
@@ -41,9 +59,13 @@ def progress(program, done, metrics, steps_per_second, eta_seconds) -> str:
         episodes = metrics["episodes"]
         if episodes.sum() > 0:
             mean = (np.nan_to_num(metrics["episode_return"]) * episodes).sum() / episodes.sum()
-            line += f"  return {mean:.1f}"
-            if program.references is not None:
-                line += f"  score {float(data.normalized_score(mean, *program.references)):.1f}"
+            name, measure = measured(program)
+            if name == SUCCESS:
+                line += f"  success {mean:.2f}"
+            else:
+                line += f"  return {mean:.1f}"
+            if name == SCORE:
+                line += f"  score {float(measure(mean)):.1f}"
     return line + f"  ETA {datetime.timedelta(seconds=round(eta_seconds))}"
 
 
@@ -69,29 +91,24 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
         episodes = table["episodes"].reshape(shape)
         final = results.final_returns(returns, episodes)
         final[list(failures)] = np.nan
-        score = _score(program)
+        name, measure = measured(program)
         summary["final_returns"] = [
             {"member": m, "config": c, "seed": spec.seed + s, **_point(spec, c),
              "final_return": _number(final[m]), "failed": m in failures}
-            | ({"final_score": _number(score(final[m]))} if program.references else {})
+            | ({"final_score": _number(_score(program)(final[m]))} if program.references else {})
             for m, (c, s) in enumerate(members)
         ]  # fmt: skip
         steps = np.arange(1, num_updates + 1) * program.steps_per_update
         if program.agent.from_dataset:  # the evaluations after each chunk, unsmoothed
             evaluated = episodes[0] > 0
-            steps, curves = steps[evaluated], score(returns[:, evaluated])
+            steps, curves = steps[evaluated], measure(returns[:, evaluated])
         else:
             curves = results.smoothed_returns(returns, episodes, max(1, num_updates // 50))
-        by_config = {
-            _label(spec, c): curves[[m for m, (ci, _) in enumerate(members) if ci == c]]
-            for c in range(len(program.configs))
-        }
+        by_config = {_label(spec, c): curves[_own(members, c)] for c in range(len(program.configs))}
         if is_primary():
             title = f"{spec.algo} on {spec.dataset or spec.env['name']}"
-            ylabel = "normalized score" if program.references else "episode return"
-            results.plot_curves(out / "curve.png", steps, by_config, title, program.unit, ylabel)
-        name = "final normalized score" if program.references else "final return"
-        summary["ranking"] = _rank(spec, members, score(final), failures, out, print_fn, name)
+            results.plot_curves(out / "curve.png", steps, by_config, title, program.unit, name)
+        summary["ranking"] = _rank(spec, members, measure(final), failures, out, print_fn, name)
     if is_primary():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_fn(f"results in {out}: summary.json, metrics.csv, curve.png, checkpoints/")
@@ -99,9 +116,7 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
 
 
 def _score(program):
-    """Returns to normalized scores where the dataset has references, else unchanged."""
-    if program.references is None:
-        return lambda returns: returns
+    """Returns to normalized scores with the dataset's references."""
     return lambda returns: data.normalized_score(returns, *program.references)
 
 
@@ -113,30 +128,105 @@ def _rank(spec, members, final, failures, out: Path, print_fn, name: str) -> lis
     header = ["config", *spec.grid, "seeds", "failed", "iqm", "ci_low", "ci_high", "mean"]
     rows = []
     for c in range(max(ci for ci, _ in members) + 1):
-        own = [m for m, (ci, _) in enumerate(members) if ci == c]
-        values = final[own][np.isfinite(final[own])]
+        own = _own(members, c)
         failed = sum(m in failures for m in own)
         row = {"config": c, **_point(spec, c), "seeds": len(own), "failed": failed}
-        if len(values):
-            low, high = results.bootstrap_ci(values, results.iqm)
-            row.update(iqm=float(results.iqm(values)), ci_low=float(low), ci_high=float(high),
-                       mean=float(values.mean()))  # fmt: skip
-        rows.append(row)
+        rows.append(row | results.seed_statistics(final[own]))
     rows.sort(key=lambda row: -row.get("iqm", -np.inf))
     if spec.grid and is_primary():
         lines = [",".join(header)]
         lines += [",".join(str(row.get(h, "")) for h in header) for row in rows]
         (out / "sweep.csv").write_text("\n".join(lines) + "\n")
-    print_fn(f"{name} (IQM over seeds, 95% bootstrap CI):")
+    print_fn(f"final {name} (IQM over seeds, 95% bootstrap CI):")
     for row in rows:
-        point = " ".join(f"{k}={row[k]}" for k in spec.grid) or spec.algo
         failed = f"  ({row['failed']} of {row['seeds']} seeds failed)" if row["failed"] else ""
-        if "iqm" in row:
-            interval = f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-            print_fn(f"  {point:<36} {row['iqm']:9.2f}  {interval}{failed}")
-        else:
-            print_fn(f"  {point:<36} {'failed' if failed else 'no finished episodes'}{failed}")
+        empty = "failed" if failed else "no finished episodes"
+        print_fn(_statistics_text(_label(spec, row["config"]), row, empty, failed))
     return rows
+
+
+def evaluation(run_dir, program, returns: np.ndarray, step: int, options: dict) -> dict:
+    """What ``rljax eval`` reports and writes to eval.json: the evaluation ``options``
+    (episodes, deterministic, seed), each member's episode returns (with its normalized score,
+    or its success rate overall and per task) and, per config, the IQM over seeds with a 95%
+    bootstrap CI of what the run is measured in (``measured``)."""
+    spec, members = program.spec, program.members
+    name, measure = measured(program)
+    returns = np.asarray(returns, dtype=np.float64)
+    value = measure(returns.mean(axis=1))  # per member
+    tasks = evaluation_lib.task_means(returns, program.env) if name == SUCCESS else None
+    rows = []
+    for m, (c, s) in enumerate(members):
+        row = {"member": m, "config": c, "seed": spec.seed + s, **_point(spec, c),
+               "returns": _numbers(returns[m]), "return": _number(returns[m].mean())}  # fmt: skip
+        if name == SCORE:
+            row["score"] = _number(value[m])
+        if name == SUCCESS:
+            row |= {"success": _number(value[m]), "task_success": _numbers(tasks[m])}
+        rows.append(row)
+    configs = []
+    for c in range(len(program.configs)):
+        own = _own(members, c)
+        row = {"config": c, "label": _label(spec, c), **_point(spec, c), "seeds": len(own)}
+        row |= results.seed_statistics(value[own])
+        if name == SUCCESS:
+            row["tasks"] = [results.seed_statistics(t) for t in tasks[own].T]
+        configs.append(row)
+    return {
+        "run_dir": str(run_dir), "algo": spec.algo, "env": spec.env["name"],
+        "dataset": spec.dataset, "update": step, "options": options,
+        "measure": name, "references": program.references if name == SCORE else None,
+        "members": rows, "configs": configs,
+    }  # fmt: skip
+
+
+def evaluation_text(report: dict, members: bool = False) -> list[str]:
+    """The lines ``rljax eval`` prints of an ``evaluation`` report; ``members``: one per member."""
+    options, name = report["options"], report["measure"]
+    mode = "deterministic" if options["deterministic"] else "stochastic"
+    per = " per task" if name == SUCCESS else ""
+    lines = [
+        f"{report['run_dir']}: update {report['update']}, {options['episodes']} {mode} "
+        f"episode{'s' * (options['episodes'] > 1)}{per} per member "
+        f"(evaluation seed {options['seed']})"
+    ]
+    for row in report["members"] if members else []:
+        line = f"  member {row['member']} (config {row['config']}, seed {row['seed']}): "
+        if name == SUCCESS:
+            tasks = " ".join(_text(x) for x in row["task_success"])
+            line += f"success {_text(row['success'])} (per task {tasks})"
+        else:
+            returns = np.array(row["returns"], dtype=np.float64)  # None (not finite) -> NaN
+            line += f"return {returns.mean():.2f} +- {returns.std():.2f}"
+        if name == SCORE:
+            line += f", normalized score {_text(row['score'], '.1f')}"
+        lines.append(line)
+    lines.append(f"{name} (IQM over seeds, 95% bootstrap CI):")
+    for row in report["configs"]:
+        seeds = f"  ({row['seeds']} seed{'s' * (row['seeds'] > 1)})"
+        lines.append(_statistics_text(row["label"], row, "no finite returns", seeds))
+        if name == SUCCESS:
+            tasks = "  ".join(f"{t} {_text(s.get('iqm'))}" for t, s in enumerate(row["tasks"], 1))
+            lines.append(f"  {'':<36} per task: {tasks}")
+    return lines
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Writes ``record`` to ``path`` atomically (a reader sees the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_atomically(path, json.dumps(record, indent=2) + "\n")
+
+
+def _statistics_text(label: str, row: dict, empty: str, note: str = "") -> str:
+    if "iqm" not in row:
+        return f"  {label:<36} {empty}{note}"
+    interval = f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+    return f"  {label:<36} {row['iqm']:9.2f}  {interval}{note}"
+
+
+def _own(members, config_index: int) -> list[int]:
+    """The members of one config."""
+    return [m for m, (c, _) in enumerate(members) if c == config_index]
 
 
 def _point(spec, config_index: int) -> dict:
@@ -149,3 +239,11 @@ def _label(spec, config_index: int) -> str:
 
 def _number(x) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def _numbers(xs) -> list[float | None]:
+    return [_number(x) for x in xs]
+
+
+def _text(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)

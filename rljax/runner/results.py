@@ -66,6 +66,40 @@ def run_curve(run_dir, min_window: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return steps, smoothed_returns(returns, episodes, window)
 
 
+def seed_statistics(values) -> dict:
+    """IQM over seeds, its 95% bootstrap CI and the mean, of the finite values (diverged seeds
+    are NaN and left out); empty when no value is finite."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {}
+    low, high = bootstrap_ci(values, iqm)
+    return {"iqm": float(iqm(values)), "ci_low": float(low), "ci_high": float(high),
+            "mean": float(values.mean())}  # fmt: skip
+
+
+def curve_band(curve: np.ndarray, resamples: int = 500):
+    """(mean, CI low, CI high) over seeds of ``curve`` (seeds, points), each (points,).
+
+    Early in a short run some seeds have finished no episode yet (NaN). The mean is over the
+    seeds that have data at each point, so it starts where the first seed has data; filling a
+    seed forward with its last value, or back with its first, would invent returns it never
+    had. The bootstrap band is NaN (not drawn) where fewer than two seeds have data.
+    """
+    present = np.isfinite(curve)
+    count = present.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, np.where(present, curve, 0.0).sum(axis=0) / count, np.nan)
+    low, high = np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+    banded = np.flatnonzero(count >= 2)
+    # Points with the same seeds present are resampled together, over those seeds only.
+    patterns, group = np.unique(present[:, banded].T, axis=0, return_inverse=True)
+    for i, seeds in enumerate(patterns):
+        points = banded[group.ravel() == i]
+        low[points], high[points] = bootstrap_ci(curve[seeds][:, points], resamples=resamples)
+    return mean, low, high
+
+
 def plot_curves(
     path,
     env_steps,
@@ -74,21 +108,22 @@ def plot_curves(
     xlabel: str = "environment steps",
     ylabel: str = "episode return",
 ) -> None:
-    """One line per label: mean over seeds with a bootstrap 95% CI band."""
+    """One line per label: mean over seeds with a bootstrap 95% CI band (``curve_band``); the
+    line joins the points where any seed has data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    env_steps = np.asarray(env_steps)
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for label, curve in curves.items():  # curve: (seeds, updates)
-        valid = ~np.isnan(curve).any(axis=0)  # points where every seed has finished an episode
-        mean = np.where(valid, curve, 0.0).mean(axis=0)
-        mean[~valid] = np.nan
-        line = axis.plot(env_steps, mean, label=label)[0]
-        if len(curve) > 1 and valid.any():
-            low, high = bootstrap_ci(curve[:, valid], resamples=500)
-            axis.fill_between(env_steps[valid], low, high, color=line.get_color(), alpha=0.2)
+    for label, curve in curves.items():  # curve: (seeds, points)
+        mean, low, high = curve_band(curve)
+        drawn = np.isfinite(mean)
+        marker = "o" if drawn.sum() == 1 else None  # one point draws no line
+        line = axis.plot(env_steps[drawn], mean[drawn], label=label, marker=marker)[0]
+        if np.isfinite(low).any():
+            axis.fill_between(env_steps, low, high, color=line.get_color(), alpha=0.2)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)

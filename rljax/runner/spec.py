@@ -34,6 +34,7 @@ class RunSpec:
     chunk_updates: int | None = None  # updates per jitted chunk; default about a tenth
     dataset: str | None = None  # dataset agents: a dataset path or name (rljax.data.resolve)
     eval_episodes: int = 10  # dataset agents: evaluation episodes (per task) after each chunk
+    max_episode_steps: int | None = None  # D4RL files without timeouts: the env's time limit
 
     @classmethod
     def load(cls, path: Path) -> "RunSpec":
@@ -99,6 +100,25 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
                 f"eval_episodes={spec.eval_episodes} is out of range: it must be >= 1"
             )
         recorded = data.source_env(data.read_metadata(spec.dataset))
+        if "name" not in env and "name" in recorded:
+            # A Minari dataset names a gymnasium id; gymnax's twins (Pendulum-v1, ...) make it.
+            from rljax import envs  # here only: listing brax's envs imports brax
+
+            groups = envs.names()
+            known = [n for ns in groups.values() for n in ns]
+            name = recorded["name"]
+            if name not in known and name.removeprefix("gymnax/") not in groups["gymnax"]:
+
+                def stem(n: str) -> str:  # "Hopper-v5" and "brax/hopper" -> "hopper"
+                    return "".join(filter(str.isalnum, n.rsplit("/", 1)[-1].split("-")[0].lower()))
+
+                close = [n for n in known if stem(n) == stem(name)]
+                raise config_lib.ConfigError(
+                    f"dataset {spec.dataset} was recorded on env {name!r}, which rljax cannot "
+                    "make: pass --env NAME with a compatible env"
+                    + (f" (close: {', '.join(close)})" if close else "")
+                    + "; `rljax envs` lists them all"
+                )
         if env.get("name") in (None, recorded.get("name")):  # a different env keeps its own
             env = {**recorded, **env}
     if "name" not in env:
