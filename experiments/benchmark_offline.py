@@ -19,7 +19,7 @@ from benchmark_ppo import compile_fn, peak_memory, run_seconds
 from rljax import agents
 from rljax.data import Dataset
 
-NAMES = ("bc", "td3_bc", "iql", "rebrac", "cql")
+NAMES = ("bc", "td3_bc", "iql", "rebrac", "cql", "odice", "fdvl", "prdc", "a2pr", "riql", "edac")
 
 
 def fake_dataset(rows: int, obs_dim: int = 11, action_dim: int = 3, episode: int = 1000):

@@ -11,6 +11,7 @@ which covers a GPU-scale preset without running it for hours.
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,16 +53,19 @@ def seconds(eta: str) -> float:
 
 def run(command: str, cap: float | None, cwd: Path) -> str:
     start = time.perf_counter()
+    # Its own process group, so a timeout stops the command and not just its shell.
+    process = subprocess.Popen(
+        command, shell=True, cwd=cwd, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
     try:
-        done = subprocess.run(
-            command, shell=True, cwd=cwd, capture_output=True, text=True, timeout=cap
-        )
-        output, finished = done.stdout + done.stderr, done.returncode == 0
-        if not finished:
-            return f"failed ({done.returncode}): {output.strip().splitlines()[-1]}"
+        output = process.communicate(timeout=cap)[0]
+        if process.returncode != 0:
+            return f"failed ({process.returncode}): {output.strip().splitlines()[-1]}"
         return f"{time.perf_counter() - start:.0f} s"
-    except subprocess.TimeoutExpired as stopped:
-        output = (stopped.stdout or b"").decode() + (stopped.stderr or b"").decode()
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate()[0]
     elapsed = time.perf_counter() - start
     lines = PROGRESS.findall(output)
     if not lines:

@@ -14,19 +14,21 @@ The agents use their papers' hyperparameters with smaller networks (``--hidden``
 """
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from rljax import agents
 from rljax.data import load, normalized_score, references
 from rljax.generate.d4rl import KINDS, RECIPES, generate_all
 from rljax.runner import results
 from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
 
-AGENTS = ("bc", "td3_bc", "iql", "rebrac", "cql")
+AGENTS = ("bc", "td3_bc", "iql", "rebrac", "cql", "odice", "fdvl", "prdc", "a2pr", "riql", "edac")
 
 
 def datasets(directory: Path) -> dict[str, Path]:
@@ -36,6 +38,12 @@ def datasets(directory: Path) -> dict[str, Path]:
     if missing:
         generate_all("Pendulum-v1", directory, missing)
     return paths
+
+
+def sizes(algo: str, hidden: list[int]) -> dict:
+    """``hidden`` for every network of the agent: A2PR's VAE has a width field of its own."""
+    fields = {f.name for f in dataclasses.fields(agents.get(algo).Config)}
+    return {name: hidden for name in ("hidden_sizes", "vae_hidden_sizes") if name in fields}
 
 
 def data_score(path: Path) -> float:
@@ -66,7 +74,7 @@ def main():
             spec = RunSpec(
                 algo=algo,
                 env={"name": "Pendulum-v1", "unit_actions": True},
-                agent={"total_updates": args.updates, "hidden_sizes": hidden},
+                agent={"total_updates": args.updates, **sizes(algo, hidden)},
                 seeds=args.seeds,
                 dataset=str(paths[kind]),
                 eval_episodes=args.eval_episodes,
@@ -83,15 +91,15 @@ def main():
             )
     (out / "table.json").write_text(json.dumps({f"{k}/{a}": v for (k, a), v in table.items()}))
 
-    agents = args.agents.split(",")
+    names = args.agents.split(",")
     print(f"\nPendulum-v1, {args.seeds} seeds x {args.updates} gradient steps, hidden {hidden}:")
     print("final normalized score, IQM over seeds [95% bootstrap CI]")
-    print("| dataset | data | " + " | ".join(agents) + " |")
-    print("|---" * (len(agents) + 2) + "|")
+    print("| dataset | data | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 2) + "|")
     for kind in args.kinds.split(","):
         cells = [
             f"{table[kind, a][0]:.1f} [{table[kind, a][1]:.0f}, {table[kind, a][2]:.0f}]"
-            for a in agents
+            for a in names
         ]
         print(f"| {kind} | {data_score(paths[kind]):.1f} | " + " | ".join(cells) + " |")
     print(f"\nrun directories in {out}")

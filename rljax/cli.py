@@ -247,6 +247,10 @@ def _info(args) -> None:
     for key in ("env", "kind", "policy", "seed", "actions_rescaled_from", "converted_from"):
         if key in metadata:
             print(f"  {key}: {metadata[key]}")
+    if "corruption" in metadata:
+        record = metadata["corruption"]
+        shown = ("what", "mode", "rate", "range", "seed", "count", "source")
+        print("  corruption: " + ", ".join(f"{k} {record[k]}" for k in shown if k in record))
     if "env" not in metadata and data.source_env(metadata):  # from a Minari env_spec
         print(f"  env: {data.source_env(metadata)['name']} (from its env_spec)")
 
@@ -267,6 +271,16 @@ def _convert(args) -> None:
     )  # fmt: skip
     rescaled = f", actions rescaled from [{bounds[0]}, {bounds[1]}]" if bounds else ""
     print(f"wrote {written}{rescaled}")
+
+
+def _corrupt(args) -> None:
+    from rljax.generate.corrupt import attack_dataset
+
+    written = attack_dataset(
+        args.dataset, _output(args.out), args.what, args.mode, args.rate, args.range, args.seed,
+        critic=args.critic, member=args.member, layout=args.to, force=args.force,
+    )  # fmt: skip
+    print(f"wrote {written}")
 
 
 def _output(out: str) -> str:
@@ -432,6 +446,43 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     conversion.add_argument("--force", action="store_true", help="replace an existing OUT")
     conversion.set_defaults(handler=_convert)
+    corruption = data_commands.add_parser(
+        "corrupt",
+        help="write a copy of a dataset with a fraction of its transitions corrupted (RIQL's "
+        "protocol), the corrupted indices in its metadata",
+    )
+    corruption.add_argument("dataset", help="a dataset file, or a name in the data directories")
+    corruption.add_argument(
+        "out", help="the output (its layout from the suffix, else the source's; see 'convert')"
+    )
+    corruption.add_argument(
+        "--what", required=True,
+        help="observations, actions, rewards or next_observations",
+    )  # fmt: skip
+    corruption.add_argument(
+        "--mode", default="random",
+        help="random (uniform noise scaled by each feature's std) or adversarial (a gradient "
+        "attack on a trained EDAC critic, --critic; for rewards, -range * r) (default random)",
+    )  # fmt: skip
+    corruption.add_argument(
+        "--rate", type=float, default=0.3, help="fraction of transitions corrupted (default 0.3)"
+    )
+    corruption.add_argument(
+        "--range", type=float, default=1.0,
+        help="noise scale, in feature standard deviations (default 1.0)",
+    )  # fmt: skip
+    corruption.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    corruption.add_argument(
+        "--critic", metavar="RUN_DIR", help="adversarial mode: a trained edac run to attack"
+    )
+    corruption.add_argument(
+        "--member", type=int, default=0, help="which member of the critic run (default 0)"
+    )
+    corruption.add_argument(
+        "--to", choices=("d4rl", "ogbench", "minari"), help="the layout (default: from OUT)"
+    )
+    corruption.add_argument("--force", action="store_true", help="replace an existing OUT")
+    corruption.set_defaults(handler=_corrupt)
     return main
 
 
