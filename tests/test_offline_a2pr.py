@@ -4,40 +4,20 @@ Q and V held fixed; the reconstruction pi~ passes gradient to the actor but neve
 the order critics -> V -> VAE -> actor, the delayed actor, jit/vmap agreement, deterministic
 training, named errors for bad datasets and configs, and a learning check on Pendulum."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from runs import quiet
+from runs import pendulum_medium_replay, quiet, synthetic_dataset
 
 from rljax.agents import a2pr
 from rljax.data import Dataset
-from rljax.generate import d4rl as gen
 from rljax.runner.config import FieldOutOfRange, make_config
 from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
 
 TINY = dict(batch_size=32, hidden_sizes=(16, 16), vae_hidden_sizes=(16, 16))
-
-
-def synthetic_dataset(n=64, obs_dim=3, action_dim=2, seed=0, action_scale=1.0) -> Dataset:
-    """Random transitions in episodes of 8 steps; episode 3 terminates, the rest time out."""
-    rng = np.random.default_rng(seed)
-    terminals = np.zeros(n, np.float32)
-    timeouts = np.zeros(n, np.float32)
-    timeouts[7::8] = 1
-    terminals[23], timeouts[23] = 1, 0
-    return Dataset.from_arrays(
-        observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-        actions=action_scale * rng.uniform(-1, 1, (n, action_dim)),
-        rewards=rng.normal(size=n),
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-    )
 
 
 def constant_net(params, value):
@@ -508,12 +488,7 @@ def test_a2pr_beats_bc_on_pendulum_medium_replay(tmp_path):
     reached 37.8 but took 233 s of CPU. 5000 updates are needed: after 2500, A2PR was still at
     -73. A2PR takes 25-40 s of one core here, BC 3 s and the data about 10-20 s.
     """
-    recipe = gen.RECIPES["Pendulum-v1"]
-    recipe = dataclasses.replace(recipe, agent={**recipe.agent, "total_timesteps": 48_000})
-    written = gen.generate_all(
-        "Pendulum-v1", tmp_path, ["medium-replay"], recipe=recipe, print_fn=quiet
-    )
-    path, metadata = written["medium-replay"]
+    path, metadata = pendulum_medium_replay(tmp_path)
 
     def scores(algo, **agent):
         spec = RunSpec(

@@ -9,28 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from runs import synthetic_dataset
 
 from rljax.agents import bc, iql, td3_bc
 from rljax.data import Dataset, episode_returns
 
 TINY = dict(batch_size=32, hidden_sizes=(16, 16))
-
-
-def synthetic_dataset(n=64, obs_dim=3, action_dim=2, seed=0, action_scale=1.0) -> Dataset:
-    """Random transitions in episodes of 8 steps; episode 3 terminates, the rest time out."""
-    rng = np.random.default_rng(seed)
-    terminals = np.zeros(n, np.float32)
-    timeouts = np.zeros(n, np.float32)
-    timeouts[7::8] = 1
-    terminals[23], timeouts[23] = 1, 0
-    return Dataset.from_arrays(
-        observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-        actions=action_scale * rng.uniform(-1, 1, (n, action_dim)),
-        rewards=rng.normal(size=n),
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-    )
 
 
 def constant_net(params, value):

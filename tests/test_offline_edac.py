@@ -6,7 +6,6 @@ actor, critics, targets), ``q_values`` on raw observations, EDAC's initializatio
 agreement over eta (SAC-N and EDAC in one program), determinism, named errors, the presets, and
 learning from a generated Pendulum dataset."""
 
-import dataclasses
 from pathlib import Path
 
 import distrax
@@ -16,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 import yaml
-from runs import quiet
+from runs import pendulum_medium_replay, quiet, synthetic_dataset
 
 from rljax.agents import edac
 from rljax.data import Dataset
@@ -24,23 +23,6 @@ from rljax.runner import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(batch_size=32, hidden_sizes=(16, 16), num_critics=3)
-
-
-def synthetic_dataset(n=64, obs_dim=3, action_dim=2, seed=0, action_scale=1.0) -> Dataset:
-    """Random transitions in episodes of 8 steps; episode 3 terminates, the rest time out."""
-    rng = np.random.default_rng(seed)
-    terminals = np.zeros(n, np.float32)
-    timeouts = np.zeros(n, np.float32)
-    timeouts[7::8] = 1
-    terminals[23], timeouts[23] = 1, 0
-    return Dataset.from_arrays(
-        observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-        actions=action_scale * rng.uniform(-1, 1, (n, action_dim)),
-        rewards=rng.normal(size=n),
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-    )
 
 
 def linear_critics(slopes, offsets, obs_dim=3):
@@ -503,16 +485,10 @@ def test_edac_beats_bc_on_pendulum_medium_replay(tmp_path):
     was 144, its worst seed 101). About 80 s of CPU, most of it EDAC's 4000 updates. With the
     paper's learning rates (3e-4) 6000 updates are too few here: the critics are still far from
     their fixed point and the policy swings (-80 to 60 along the way, 32 at the end)."""
-    from rljax.generate import d4rl as gen
     from rljax.runner.loop import train
     from rljax.runner.spec import RunSpec
 
-    recipe = gen.RECIPES["Pendulum-v1"]
-    recipe = dataclasses.replace(recipe, agent={**recipe.agent, "total_timesteps": 48_000})
-    written = gen.generate_all(
-        "Pendulum-v1", tmp_path, ["medium-replay"], recipe=recipe, print_fn=quiet
-    )
-    path, metadata = written["medium-replay"]
+    path, metadata = pendulum_medium_replay(tmp_path)
 
     def scores(algo, agent, updates):
         agent = {**agent, "total_updates": updates, "hidden_sizes": [64, 64]}

@@ -10,13 +10,10 @@ it near the data's average on this mostly random data (about 0 here, against BC'
 experiments/offline_pendulum.py table has both).
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
-from runs import quiet
+from runs import pendulum_medium_replay, quiet
 
-from rljax.generate import d4rl as gen
 from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
 
@@ -25,12 +22,7 @@ AGENT = {"total_updates": 5000, "hidden_sizes": [64, 64]}
 
 @pytest.mark.slow
 def test_td3_bc_and_iql_beat_bc_on_pendulum_medium_replay(tmp_path):
-    recipe = gen.RECIPES["Pendulum-v1"]
-    recipe = dataclasses.replace(recipe, agent={**recipe.agent, "total_timesteps": 48_000})
-    written = gen.generate_all(
-        "Pendulum-v1", tmp_path, ["medium-replay"], recipe=recipe, print_fn=quiet
-    )
-    path, metadata = written["medium-replay"]
+    path, metadata = pendulum_medium_replay(tmp_path)
     assert metadata["transitions"] > 10_000
 
     def scores(algo, **agent):

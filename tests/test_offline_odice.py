@@ -7,41 +7,21 @@ on weights from the pre-update residuals), reward preprocessing, jit/vmap agreem
 determinism, named errors for bad datasets and configs, and learning from a generated Pendulum
 dataset through the runner."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from jax.flatten_util import ravel_pytree
-from runs import quiet
+from runs import pendulum_medium_replay, quiet, synthetic_dataset
 
 from rljax.agents import odice
 from rljax.data import Dataset, episode_returns
-from rljax.generate import d4rl as gen
 from rljax.runner.config import FieldOutOfRange, make_config
 from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
 
 TINY = dict(batch_size=32, hidden_sizes=(16, 16))
-
-
-def synthetic_dataset(n=64, obs_dim=3, action_dim=2, seed=0, action_scale=1.0) -> Dataset:
-    """Random transitions in episodes of 8 steps; episode 3 terminates, the rest time out."""
-    rng = np.random.default_rng(seed)
-    terminals = np.zeros(n, np.float32)
-    timeouts = np.zeros(n, np.float32)
-    timeouts[7::8] = 1
-    terminals[23], timeouts[23] = 1, 0
-    return Dataset.from_arrays(
-        observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-        actions=action_scale * rng.uniform(-1, 1, (n, action_dim)),
-        rewards=rng.normal(size=n),
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-    )
 
 
 def batch_of(dataset: Dataset, n=None) -> dict:
@@ -528,12 +508,7 @@ def test_odice_beats_bc_on_pendulum_medium_replay(tmp_path):
     2500 updates, 10% at 4000), so the actor clones little. About 50-65 s on one core: ~10 s
     generating the data, ~5 s BC, ~30-45 s ODICE (compilation included).
     """
-    recipe = gen.RECIPES["Pendulum-v1"]
-    recipe = dataclasses.replace(recipe, agent={**recipe.agent, "total_timesteps": 48_000})
-    written = gen.generate_all(
-        "Pendulum-v1", tmp_path, ["medium-replay"], recipe=recipe, print_fn=quiet
-    )
-    path, metadata = written["medium-replay"]
+    path, metadata = pendulum_medium_replay(tmp_path)
     assert metadata["transitions"] > 10_000
 
     def scores(algo):

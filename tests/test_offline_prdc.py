@@ -4,39 +4,19 @@ normalized keys, no gradient through a*), the critic and actor losses by hand wi
 stop-gradients, the delayed actor and targets, jit/no-jit/vmap agreement (members at different
 steps included), determinism, named errors, and learning from a Pendulum dataset."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from runs import quiet
+from runs import pendulum_medium_replay, quiet, synthetic_dataset
 
 from rljax.agents import prdc
 from rljax.data import Dataset
-from rljax.generate import d4rl as gen
 from rljax.runner import config as config_lib
 from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
 
 TINY = dict(batch_size=16, hidden_sizes=(8,), search_block_size=8)
-
-
-def synthetic_dataset(n=64, obs_dim=3, action_dim=2, seed=0, action_scale=1.0) -> Dataset:
-    """Random transitions in episodes of 8 steps; episode 3 terminates, the rest time out."""
-    rng = np.random.default_rng(seed)
-    terminals = np.zeros(n, np.float32)
-    timeouts = np.zeros(n, np.float32)
-    timeouts[7::8] = 1
-    terminals[23], timeouts[23] = 1, 0
-    return Dataset.from_arrays(
-        observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-        actions=action_scale * rng.uniform(-1, 1, (n, action_dim)),
-        rewards=rng.normal(size=n),
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=rng.normal(2.0, 3.0, (n, obs_dim)),
-    )
 
 
 def assert_trees_close(a, b, **tolerance):
@@ -435,12 +415,7 @@ def test_prdc_beats_bc_on_pendulum_medium_replay(tmp_path):
     -54), -63 after 3000, 13 after 4000; hence 5000. Asserted: PRDC's mean at least BC's + 40,
     which leaves 50 points for seed and platform noise.
     """
-    recipe = gen.RECIPES["Pendulum-v1"]
-    recipe = dataclasses.replace(recipe, agent={**recipe.agent, "total_timesteps": 48_000})
-    written = gen.generate_all(
-        "Pendulum-v1", tmp_path, ["medium-replay"], recipe=recipe, print_fn=quiet
-    )
-    path, metadata = written["medium-replay"]
+    path, metadata = pendulum_medium_replay(tmp_path)
 
     def scores(algo, **agent):
         spec = RunSpec(

@@ -5,7 +5,6 @@ before the step), the ensemble as one vmapped network and its EDAC-style initial
 normalization by observations and next observations, jit/vmap agreement, deterministic training,
 named errors, and learning from a generated Pendulum medium-replay dataset."""
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -14,11 +13,10 @@ import numpy as np
 import optax
 import pytest
 import yaml
-from runs import quiet
+from runs import pendulum_medium_replay, quiet
 
 from rljax.agents import riql
 from rljax.data import Dataset
-from rljax.generate import d4rl as gen
 from rljax.runner.config import FieldOutOfRange, make_config
 from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
@@ -424,12 +422,7 @@ def test_riql_beats_bc_on_pendulum_medium_replay(tmp_path):
     and platform noise. With the authors' EDAC-style critic init instead (critic_init="edac",
     the default) RIQL scored -91 over 5 seeds, below BC: see the preset's comment for why.
     """
-    recipe = gen.RECIPES["Pendulum-v1"]
-    recipe = dataclasses.replace(recipe, agent={**recipe.agent, "total_timesteps": 48_000})
-    written = gen.generate_all(
-        "Pendulum-v1", tmp_path, ["medium-replay"], recipe=recipe, print_fn=quiet
-    )
-    path, metadata = written["medium-replay"]
+    path, metadata = pendulum_medium_replay(tmp_path)
     preset = yaml.safe_load(PRESET.read_text())
     assert preset["env"] == metadata["env"] and preset["agent"]["total_updates"] == 5000
 
