@@ -6,6 +6,9 @@ Cases:
   c  a 16-member sweep over lr x clip_eps on CartPole (1e5 steps each): one vmapped program
      against the same 16 runs one after another through one compiled function.
   d  brax hopper with normalized observations and rewards, a short run (slow to compile on CPU).
+  r  recurrent PPO (``ppo_rnn.Config()``: PureJaxRL's ppo_rnn, a GRU of 128) on CartPole with
+     case a's rollout and hyperparameters, one seed: its steps/s beside case a's (at --scale 1
+     case a's budget too).
 
 Compilation is timed alone (``jax.jit(f).lower(...).compile()``); steps/s time the compiled call
 until ``jax.block_until_ready``. Peak memory is the device's ``peak_bytes_in_use`` where the
@@ -14,6 +17,7 @@ case's figure covers the cases before it too.
 
     python experiments/benchmark_ppo.py                      # all cases, CPU-sized budgets
     python experiments/benchmark_ppo.py --cases a,b --scale 10 --num-envs 8192 --json out.json
+    python experiments/benchmark_ppo.py --cases a,r               # feed-forward vs recurrent
 """
 
 import argparse
@@ -25,7 +29,7 @@ import time
 import jax
 
 from rljax import envs
-from rljax.agents import ppo
+from rljax.agents import ppo, ppo_rnn
 from rljax.runner.config import stack
 
 SWEEP_LRS = (1e-4, 2.5e-4, 5e-4, 1e-3)
@@ -69,9 +73,9 @@ def result(case, what, steps, compile_s, run_s) -> dict:
     }
 
 
-def single_run(case, what, config, env, env_params, seed) -> dict:
+def single_run(case, what, config, env, env_params, seed, agent=ppo) -> dict:
     key = jax.random.key(seed)
-    compiled, compile_s = compile_fn(lambda k: ppo.train(config, env, env_params, k), key)
+    compiled, compile_s = compile_fn(lambda k: agent.train(config, env, env_params, k), key)
     run_s = run_seconds(compiled, key)
     return result(case, what, config.num_updates * config.steps_per_update, compile_s, run_s)
 
@@ -140,18 +144,18 @@ def print_table(results: list[dict]):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    parser.add_argument("--cases", default="a,b,c,d,r", help="comma-separated subset of a,b,c,d,r")
     parser.add_argument("--skip-brax", action="store_true", help="drop case d")
     parser.add_argument(
-        "--scale", type=float, default=1.0, help="multiply the step budgets of cases b, c, d"
+        "--scale", type=float, default=1.0, help="multiply the step budgets of cases b, c, d, r"
     )
     parser.add_argument("--num-envs", type=int, default=2048, help="envs in case b")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     args = parser.parse_args()
     cases = set(args.cases.split(",")) - ({"d"} if args.skip_brax else set())
-    if not cases <= set("abcd"):
-        parser.error(f"unknown cases: {sorted(cases - set('abcd'))}")
+    if not cases <= set("abcdr"):
+        parser.error(f"unknown cases: {sorted(cases - set('abcdr'))}")
 
     device = jax.devices()[0]
     print(
@@ -163,6 +167,10 @@ def main():
     if "a" in cases:
         config = ppo.Config()
         results.append(single_run("a", "CartPole, PureJaxRL config", config, *cartpole, args.seed))
+    if "r" in cases:
+        config = ppo_rnn.Config(total_timesteps=int(5e5 * args.scale))
+        what = f"CartPole, recurrent ({config.cell.upper()} {config.cell_size})"
+        results.append(single_run("r", what, config, *cartpole, args.seed, agent=ppo_rnn))
     if "b" in cases:
         config = ppo.Config(
             num_envs=args.num_envs,

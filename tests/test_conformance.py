@@ -66,6 +66,9 @@ def offline(data, config, **kw):
 
 FIXTURES = {
     "ppo": online("CartPole-v1", PG),
+    "ppo_pmoe": online("Pendulum-v1", PG | dict(num_components=2, q_hidden_sizes=(8,))),
+    "harpg": online("CartPole-v1", dict(num_envs=2, horizon=8, total_timesteps=64)),
+    "ppo_rnn": online("CartPole-v1", PG | dict(cell_size=8, embed_size=8)),
     "dpo": online("CartPole-v1", PG),
     "mdpo": online("CartPole-v1", PG),
     "lpo": online("CartPole-v1", PG | dict(drift_hidden=8)),
@@ -78,6 +81,7 @@ FIXTURES = {
     ),
     # The env's own bounds, [-2, 2]: online agents act in the env's units.
     "sac": online("Pendulum-v1", SAC),
+    "sac_pmoe": online("Pendulum-v1", SAC | dict(num_components=2)),
     "dsac_t": online("Pendulum-v1", SAC),
     "bc": offline("d4rl", OFFLINE),
     "td3_bc": offline("d4rl", OFFLINE),
@@ -246,7 +250,7 @@ def test_declaration(name):
     fixture = FIXTURES[name]
     declared = agents.declaration(name)
     module = declared.module
-    for constant in ("GOAL_CONDITIONED", "WRAPS_ENV"):
+    for constant in ("GOAL_CONDITIONED", "WRAPS_ENV", "RECURRENT"):
         assert isinstance(getattr(module, constant), bool), f"{name}.{constant} is not a bool"
     # The two reserved sources have no runner phase yet: none of today's agents may use them.
     assert declared.learns_from == fixture.source
@@ -414,6 +418,18 @@ def test_a_missing_or_empty_paper_is_refused(monkeypatch):
     monkeypatch.delattr(module, "PAPER")
     with pytest.raises(agents.ContractError, match="rljax.agents.ppo does not declare PAPER"):
         agents.declaration("ppo")
+
+
+def test_a_recurrent_agent_must_carry_its_memory(monkeypatch):
+    """RECURRENT promises act_step and initial_hidden, which the evaluation calls."""
+    module = agents.get("ppo")
+    monkeypatch.setattr(module, "RECURRENT", True)
+    with pytest.raises(agents.ContractError, match="RECURRENT is set but it lacks act_step"):
+        agents.declaration("ppo")
+    monkeypatch.delattr(module, "RECURRENT")
+    with pytest.raises(agents.ContractError, match="does not declare RECURRENT"):
+        agents.declaration("ppo")
+    assert agents.declaration("ppo_rnn").recurrent
 
 
 # --- Behaviour ---

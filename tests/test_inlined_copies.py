@@ -26,12 +26,13 @@ from flax import struct
 from rljax import agents
 
 ALL = sorted(agents.ALGORITHMS)
-POLICY_GRADIENT = ["dpo", "lpo", "mdpo", "pdppo", "ppo"]
+POLICY_GRADIENT = ["dpo", "lpo", "mdpo", "pdppo", "ppo", "ppo_pmoe", "ppo_rnn"]
 GOAL_CONDITIONED = ["crl", "gcbc", "gciql", "gcivl", "hiql", "ota", "qrl"]
 HIERARCHICAL = ["hiql", "ota"]
 DQN = ["c51", "qr_dqn", "stock_dqn"]
 SAC = ["dsac_t", "sac"]
-ONLINE = sorted(POLICY_GRADIENT + DQN + SAC)
+SAC_FAMILY = [*SAC, "sac_pmoe"]  # PMOE-SAC shares SAC's buffer, squashing and temperature
+ONLINE = sorted(POLICY_GRADIENT + DQN + SAC_FAMILY + ["harpg"])
 
 # Function name -> the groups of agent modules that each share one text of it. Most have one
 # group; two where two versions exist on purpose (e.g. the replay buffers of the DQN and SAC
@@ -39,16 +40,23 @@ ONLINE = sorted(POLICY_GRADIENT + DQN + SAC)
 COPIES = {
     # Error-prone primitives, each with a reference below.
     "gae": [POLICY_GRADIENT],
+    "ppo_loss": [["ppo", "ppo_rnn"]],  # its hand-computed case: tests/test_ppo.py
+    "egae": [["ppo", "ppo_rnn"]],  # its hand-computed cases: tests/test_egae.py
+    "weighted_value_loss": [["ppo", "ppo_rnn"]],  # by hand: tests/test_egae.py, test_ggd.py
     "_episode_metrics": [ONLINE],
+    "router_loss": [["ppo_pmoe", "sac_pmoe"]],  # its hand-computed case: tests/test_pmoe.py
     "_field": [ALL],
-    "buffer_init": [DQN, SAC],
-    "buffer_add": [DQN, SAC],
-    "buffer_sample": [DQN, SAC],
+    "buffer_init": [DQN, SAC_FAMILY],
+    "buffer_add": [DQN, SAC_FAMILY],
+    "buffer_sample": [DQN, SAC_FAMILY],
+    "biv_weights": [["ppo", "sac"]],  # its references: tests/test_ggd.py
+    "ggd_nll": [["ppo", "sac"]],  # its hand values: tests/test_ggd.py
+    "ggd_variance": [["ppo", "sac"]],
     "categorical_projection": [["c51", "stock_dqn"]],
     "_epsilon": [DQN],
     "_epsilon_greedy": [DQN],
-    "sample_action": [SAC, ["cql", "edac"]],
-    "alpha_loss": [["cql", "edac", *SAC]],
+    "sample_action": [SAC_FAMILY, ["cql", "edac"]],
+    "alpha_loss": [["cql", "edac", *SAC_FAMILY]],
     "check": [GOAL_CONDITIONED, DQN, SAC, ["dpo", "mdpo", "pdppo", "ppo"]],
     "trajectory_ends": [GOAL_CONDITIONED],
     "sample_goals": [GOAL_CONDITIONED],
@@ -58,9 +66,10 @@ COPIES = {
     "length_normalize": [HIERARCHICAL],
     # Helpers: the text check only.
     "_cat": [HIERARCHICAL],
+    "_pick": [["ppo_pmoe", "sac_pmoe"]],
     "_check_dataset": [["gcbc", "gcivl"]],
     "_dense": [["gcbc", "gciql", "gcivl", "hiql", "ota"]],
-    "_mlp": [SAC, ["a2pr", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"]],
+    "_mlp": [SAC_FAMILY, ["a2pr", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"]],
     "_network": [["dpo", "lpo", "mdpo", "ppo"]],
     "_networks": [["a2pr", "cql", "prdc", "td3_bc"], SAC, HIERARCHICAL],
     "_normalize": [["a2pr", "bc", "edac", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"]],
@@ -79,7 +88,7 @@ COPIES = {
     "actor_loss": [["fdvl", "iql"]],
     "_observation_stats": [["a2pr", "prdc", "td3_bc"]],
     "_torch_init": [["edac", "rebrac"]],
-    "_uniform": [["edac", "rebrac", "riql"]],
+    "_uniform": [["edac", "ppo_pmoe", "rebrac", "riql", "sac_pmoe"]],
     "gaussian_log_prob": [["fdvl", "iql", "odice"]],
     "episode_returns": [["fdvl", "iql", "odice", "riql"]],
     "_reward_transform": [["fdvl", "iql", "riql"]],

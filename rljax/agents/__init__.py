@@ -8,6 +8,9 @@ implements, it declares with module constants, never found out by ``hasattr`` or
                                  # DATASET_THEN_ENV and MODEL_THEN_DATASET)
     GOAL_CONDITIONED = False     # act(config, params, obs, goal, rng, deterministic)
     WRAPS_ENV = False            # wrap_env(config, env, env_params, params=None) changes the env
+    RECURRENT = False            # act_step(config, params, memory, obs, first, rng, deterministic)
+                                 # -> (memory, action) acts with memory from
+                                 # initial_hidden(config, batch_shape); act is its first step
     PAPER = 'Fujimoto, Gu, "A Minimalist Approach to Offline Reinforcement Learning", NeurIPS 2021'
 
 ``PAPER`` is one line, the paper that the module docstring cites: the authors (the first one and
@@ -59,12 +62,15 @@ CONTRACT = ("Config", "init", "update", "train", "act")
 # Algorithm name -> module.
 ALGORITHMS = {
     "ppo": "rljax.agents.ppo",
+    "ppo_pmoe": "rljax.agents.ppo_pmoe",
+    "ppo_rnn": "rljax.agents.ppo_rnn",
     "pdppo": "rljax.agents.pdppo",
     "lpo": "rljax.agents.lpo",
     "c51": "rljax.agents.c51",
     "qr_dqn": "rljax.agents.qr_dqn",
     "stock_dqn": "rljax.agents.stock_dqn",
     "sac": "rljax.agents.sac",
+    "sac_pmoe": "rljax.agents.sac_pmoe",
     "dsac_t": "rljax.agents.dsac_t",
     "mdpo": "rljax.agents.mdpo",
     "dpo": "rljax.agents.dpo",
@@ -86,6 +92,7 @@ ALGORITHMS = {
     "crl": "rljax.agents.crl",
     "hiql": "rljax.agents.hiql",
     "ota": "rljax.agents.ota",
+    "harpg": "rljax.agents.harpg",
 }
 
 
@@ -131,6 +138,7 @@ class Declaration:
     goal_conditioned: bool
     wraps_env: bool
     paper: str
+    recurrent: bool
 
     @property
     def from_dataset(self) -> bool:
@@ -164,8 +172,8 @@ def get(name: str) -> ModuleType:
 def declaration(name: str) -> Declaration:
     """The declared contract of algorithm ``name``; ContractError if it declares it badly."""
     module = get(name)
-    missing = [n for n in (*CONTRACT, "LEARNS_FROM", "GOAL_CONDITIONED", "WRAPS_ENV", "PAPER")
-               if not hasattr(module, n)]  # fmt: skip
+    constants = ("LEARNS_FROM", "GOAL_CONDITIONED", "WRAPS_ENV", "RECURRENT", "PAPER")
+    missing = [n for n in (*CONTRACT, *constants) if not hasattr(module, n)]
     if missing:
         raise ContractError(f"{module.__name__} does not declare {', '.join(missing)}")
     if module.LEARNS_FROM not in SOURCES:
@@ -176,6 +184,10 @@ def declaration(name: str) -> Declaration:
         raise ContractError(f"{module.__name__} learns from a dataset but has no update_on_batch")
     if module.WRAPS_ENV and not hasattr(module, "wrap_env"):
         raise ContractError(f"{module.__name__}.WRAPS_ENV is set but it has no wrap_env")
+    if module.RECURRENT and not all(hasattr(module, n) for n in ("act_step", "initial_hidden")):
+        raise ContractError(
+            f"{module.__name__}.RECURRENT is set but it lacks act_step or initial_hidden"
+        )
     if not isinstance(module.PAPER, str) or not module.PAPER.strip():
         raise ContractError(
             f"{module.__name__}.PAPER={module.PAPER!r}; declare the paper it implements in one "
@@ -188,6 +200,7 @@ def declaration(name: str) -> Declaration:
         bool(module.GOAL_CONDITIONED),
         bool(module.WRAPS_ENV),
         module.PAPER,
+        bool(module.RECURRENT),
     )
 
 

@@ -52,6 +52,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Liu et al., "Adaptive Advantage-Guided Policy Regularization for Offline Reinforcement '
     'Learning", ICML 2024'

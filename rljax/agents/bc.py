@@ -24,6 +24,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Pomerleau, "Efficient Training of Artificial Neural Networks for Autonomous Navigation", '
     "Neural Computation 1991"

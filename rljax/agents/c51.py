@@ -28,6 +28,7 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Bellemare et al., "A Distributional Perspective on Reinforcement Learning", ICML 2017'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.

@@ -38,6 +38,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Kumar et al., "Conservative Q-Learning for Offline Reinforcement Learning", NeurIPS 2020'
 
 OBS_EPS = 1e-3

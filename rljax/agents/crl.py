@@ -31,6 +31,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = True
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Eysenbach et al., "Contrastive Learning as Goal-Conditioned Reinforcement Learning", '
     "NeurIPS 2022"

@@ -42,6 +42,7 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Duan et al., "Distributional Soft Actor-Critic with Three Refinements", IEEE TPAMI 2025'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.

@@ -53,6 +53,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'An et al., "Uncertainty-Based Offline Reinforcement Learning with Diversified Q-Ensemble", '
     "NeurIPS 2021"

@@ -52,6 +52,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Sikchi et al., "Dual RL: Unification and New Methods for Reinforcement and Imitation '
     'Learning", ICLR 2024'

@@ -28,6 +28,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = True
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Ghosh et al., "Learning to Reach Goals via Iterated Supervised Learning", ICLR 2021'
 
 

@@ -30,6 +30,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = True
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Park et al., "OGBench: Benchmarking Offline Goal-Conditioned RL", ICLR 2025'
 
 

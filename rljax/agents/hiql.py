@@ -33,6 +33,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = True
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Park et al., "HIQL: Offline Goal-Conditioned RL with Latent States as Actions", NeurIPS 2023'
 )

@@ -29,6 +29,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Kostrikov et al., "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022'
 
 

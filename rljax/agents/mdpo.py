@@ -38,6 +38,7 @@ from flax.linen.initializers import constant, orthogonal
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Tomar et al., "Mirror Descent Policy Optimization", ICLR 2022'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.

@@ -61,6 +61,7 @@ from jax.flatten_util import ravel_pytree
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Mao et al., "ODICE: Revealing the Mystery of Distribution Correction Estimation via '
     'Orthogonal-gradient Update", ICLR 2024'

@@ -44,6 +44,7 @@ from flax.linen.initializers import constant, orthogonal
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Felizardo et al., "A Reinforcement Learning Method for Environments with Stochastic '
     'Variables: Post-Decision Proximal Policy Optimization with Dual Critic Networks", IJCNN '

@@ -13,6 +13,44 @@ NeurIPS 2022, github.com/luchris429/purejaxrl).
 
 GAE bootstraps through truncation (time limits) and not through termination;
 ``truncation_as_termination=True`` reproduces PureJaxRL, which cuts both.
+
+Two options, both off by default (off, the numbers are the plain PPO's above):
+
+``egae=True``: T-PPO's extended GAE (Fan et al., "Truncated Proximal Policy Optimization", arXiv
+2506.15050, 2025). A rollout is a window on episodes that need not have finished. For the
+unfinished part EGAE bootstraps with the value at the window's end l,
+
+    A_t = sum_{k=0}^{l-t-1} (gamma lambda)^k delta_{t+k},   V(s_l) in delta_{l-1}
+
+which GAE above already does: the window's end is cut like a time limit. What the option adds is
+T-PPO's rule for the value model, trained only on completed trajectories: a step's target enters
+the value loss only if its episode ends (terminated or truncated) later in the same window, so
+that no target depends on the bootstrap at l,
+
+    c_t = 1 if done_u for some t <= u < l, else 0;   L_V = 1/2 sum_t c_t max(...) / sum_t c_t
+
+The policy still learns from every step. UNVERIFIED: the paper's equations were not available
+(only its abstract and secondary summaries); this is the reading the spec documents.
+
+``value_weighting="ggd"``: GGD's weighting of the value loss (Kim et al., "Generalized Gaussian
+Temporal Difference Error for Uncertainty-aware Reinforcement Learning", arXiv 2408.02295). A
+beta-head on the critic's last features (their gradient stopped, so it never moves the critic)
+models the residual delta = R - V(s) as a zero-mean generalized Gaussian of scale alpha = 1:
+
+    NLL = |delta|^beta - log beta + log 2 + log Gamma(1/beta),   Var = Gamma(3/beta) / Gamma(1/beta)
+
+and each minibatch's value loss weighs its samples by batch inverse variance (BIV; Mai et al.,
+"Sample Efficient Deep Reinforcement Learning via Uncertainty Estimation", ICLR 2022) with
+sigma_i^2 = Var(beta(s_i)):
+
+    w_i = (1 / (sigma_i^2 + xi)) / sum_j 1 / (sigma_j^2 + xi);   L_V = 1/2 sum_i w_i max(...)
+
+(L also gains vf_coef mean(NLL), which trains the head alone). xi = 0 if the effective batch
+size 1 / sum_i w_i^2 is at least m = min(B - 1, biv_minimal_size), else the xi that brings it to
+m. BIV is as in IV-RL's code; the beta-head, alpha = 1, and the GGD variance as sigma_i^2 are
+UNVERIFIED readings of GGD, whose own refinements (bias reduction, kurtosis, the risk-averse
+weight) are not built. With ``egae`` too, BIV runs over the completed
+steps only.
 """
 
 from typing import Any, NamedTuple
@@ -29,10 +67,13 @@ from flax.linen.initializers import constant, orthogonal
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Schulman et al., "Proximal Policy Optimization Algorithms", arXiv 2017'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
+# The range of GGD's shape beta: 0.5 (tails heavier than a Laplace's) to 8 (near a uniform's).
+BETA_MIN, BETA_MAX = 0.5, 8.0
 
 
 def _field(default, *, static=False, bounds=None, choices=None, doc):
@@ -72,6 +113,15 @@ class Config:
     truncation_as_termination: bool = _field(
         False, static=True, doc="treat time limits as terminations (as PureJaxRL)"
     )
+    egae: bool = _field(
+        False, static=True, doc="T-PPO's EGAE: only steps whose episode ends in the rollout train V"
+    )
+    value_weighting: str = _field(
+        "uniform",
+        static=True,
+        choices=("uniform", "ggd"),
+        doc="weights of the value loss's samples: uniform, or GGD's beta-head variance with BIV",
+    )
     lr: float = _field(
         2.5e-4, bounds="(0, inf)", doc="Adam learning rate (the initial one when annealed)"
     )
@@ -84,6 +134,9 @@ class Config:
     vf_coef: float = _field(0.5, bounds="[0, inf)", doc="weight of the value loss")
     max_grad_norm: float = _field(
         0.5, bounds="(0, inf)", doc="global norm that gradients are clipped to"
+    )
+    biv_minimal_size: float = _field(
+        32, bounds="[1, inf)", doc="BIV's smallest effective batch size m (at most minibatch - 1)"
     )
 
     @property
@@ -130,12 +183,15 @@ class Transition(NamedTuple):
 
 
 class ActorCritic(nn.Module):
-    """Separate actor and critic MLPs; orthogonal init as in PureJaxRL."""
+    """Separate actor and critic MLPs; orthogonal init as in PureJaxRL. With ``beta_head`` it
+    also returns GGD's shape beta(s), read from the critic's features with their gradient
+    stopped; a network without it ignores the head's weights."""
 
     action_dim: int
     discrete: bool
     hidden_sizes: tuple
     activation: str
+    beta_head: bool = False
 
     @nn.compact
     def __call__(self, obs):
@@ -158,10 +214,15 @@ class ActorCritic(nn.Module):
         else:
             log_std = self.param("log_std", constant(0.0), (self.action_dim,))
             pi = distrax.MultivariateNormalDiag(logits_or_mean, jnp.exp(log_std))
+        features = torso(obs, "critic")
         value = nn.Dense(
             1, kernel_init=orthogonal(1.0), bias_init=constant(0.0), name="critic_head"
-        )(torso(obs, "critic"))
-        return pi, jnp.squeeze(value, -1)
+        )(features)
+        if not self.beta_head:
+            return pi, jnp.squeeze(value, -1)
+        raw = nn.Dense(1, name="beta_head")(jax.lax.stop_gradient(features))
+        beta = BETA_MIN + (BETA_MAX - BETA_MIN) * nn.sigmoid(jnp.squeeze(raw, -1))
+        return pi, jnp.squeeze(value, -1), beta
 
 
 def _network(config: Config, action_space) -> ActorCritic:
@@ -200,6 +261,71 @@ def gae(rewards, values, next_values, terminated, truncated, gamma, lam):
     return advantages, advantages + values
 
 
+def egae(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """T-PPO's extended GAE on a window of episodes that need not have finished, time-major.
+
+    The advantages and targets are GAE's, which bootstraps an unfinished episode with the value
+    at the window's end. Returns (advantages, targets, complete): complete marks the steps whose
+    episode ends inside the window, the only ones whose targets do not depend on that bootstrap.
+    """
+    advantages, targets = gae(rewards, values, next_values, terminated, truncated, gamma, lam)
+    done = jnp.logical_or(terminated, truncated)
+    complete = jax.lax.associative_scan(jnp.logical_or, done, reverse=True, axis=0)
+    return advantages, targets, complete
+
+
+def ggd_nll(delta, beta):
+    """Negative log density at delta of the zero-mean generalized Gaussian of scale 1, shape beta:
+    |delta|^beta - log beta + log 2 + log Gamma(1/beta). beta = 2 is the Gaussian of variance
+    1/2, beta = 1 the Laplace of scale 1."""
+    magnitude = jnp.abs(delta)
+    positive = magnitude > 0
+    # |0|^beta = 0, with a zero (not NaN) gradient in beta.
+    power = jnp.where(positive, jnp.exp(beta * jnp.log(jnp.where(positive, magnitude, 1.0))), 0.0)
+    return power - jnp.log(beta) + jnp.log(2.0) + jax.scipy.special.gammaln(1.0 / beta)
+
+
+def ggd_variance(beta):
+    """The variance Gamma(3/beta) / Gamma(1/beta) of the generalized Gaussian of scale 1."""
+    gammaln = jax.scipy.special.gammaln
+    return jnp.exp(gammaln(3.0 / beta) - gammaln(1.0 / beta))
+
+
+def biv_weights(variance, minimal_size, valid=None):
+    """Batch inverse-variance weights (IV-RL), summing to 1 over the valid samples; (weights, xi).
+
+    w_i = (1 / (var_i + xi)) / sum_j 1 / (var_j + xi), with xi = 0 when the effective batch size
+    1 / sum_i w_i^2 is at least m = min(n - 1, minimal_size) (n valid samples), else the xi that
+    brings it to m: a bisection on log xi, as the effective batch size grows with xi (IV-RL runs
+    Nelder-Mead). Invalid samples weigh 0. Variances are floored at 1e-8 (a terminal target's
+    spread is 0) and carry no gradient.
+    """
+    variance = jnp.maximum(jax.lax.stop_gradient(variance), 1e-8)
+    valid = jnp.ones(variance.shape, bool) if valid is None else valid
+    n = valid.sum()
+    m = jnp.minimum(n - 1, minimal_size)
+
+    def weights(xi):
+        inverse = jnp.where(valid, 1.0 / (variance + xi), 0.0)
+        return inverse / jnp.maximum(inverse.sum(), 1e-30)
+
+    def short(xi):  # the effective batch size falls short of m
+        return 1.0 / jnp.square(weights(xi)).sum() < m
+
+    # At xi = n max(var) the weights lie within a factor 1 + 1/n: the effective batch size is
+    # above n - 1/(4n) > m, so the root lies in (0, high].
+    high = n * jnp.where(valid, variance, 0.0).max()
+
+    def bisect(_, bounds):
+        low, high = bounds
+        middle = jnp.sqrt(low) * jnp.sqrt(high)
+        return jnp.where(short(middle), middle, low), jnp.where(short(middle), high, middle)
+
+    _, xi = jax.lax.fori_loop(0, 40, bisect, (1e-12 * high, high))
+    xi = jnp.where(short(0.0), xi, 0.0)
+    return weights(xi), xi
+
+
 def ppo_loss(log_prob, old_log_prob, advantages, value, old_value, targets, entropy, config):
     """The clipped PPO objective on one minibatch; returns (loss, parts)."""
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -223,6 +349,14 @@ def ppo_loss(log_prob, old_log_prob, advantages, value, old_value, targets, entr
     return loss, parts
 
 
+def weighted_value_loss(value, old_value, targets, weights, clip_eps):
+    """PPO's clipped value loss with its samples weighed (weights summing to 1, as EGAE's mask
+    and GGD's BIV make them) instead of averaged."""
+    value_clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+    error = jnp.maximum(jnp.square(value - targets), jnp.square(value_clipped - targets))
+    return 0.5 * (weights * error).sum()
+
+
 # --- The contract ---
 
 
@@ -242,9 +376,16 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"PPO's MLP takes vector observations, got shape {obs_shape}; flatten them "
             "(rljax.envs.make(name, flatten_obs=True), or gymnax's FlattenObservationWrapper)"
         )
+    if config.value_weighting not in ("uniform", "ggd"):
+        raise ValueError(
+            f"value_weighting={config.value_weighting!r} is not allowed; choose one of "
+            "['uniform', 'ggd']"
+        )
     check(config)
     rng, net_key, env_key = jax.random.split(rng, 3)
     network = _network(config, env.action_space(env_params))
+    # GGD's beta-head: the same weights, and one more head that the other networks ignore.
+    network = network.clone(beta_head=config.value_weighting == "ggd")
     net = network.init(net_key, jnp.zeros(obs_shape))
     params = Params(net, int(network.action_dim), network.discrete)
     opt_state = _optimizer(config, config.lr).init(params.net)
@@ -284,10 +425,17 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     terminated = traj.terminated
     if config.truncation_as_termination:
         terminated = jnp.logical_or(terminated, traj.truncated)
-    advantages, targets = gae(
-        traj.reward, traj.value, next_values, terminated, traj.truncated,
-        config.gamma, config.gae_lambda,
-    )  # fmt: skip
+    if config.egae:
+        advantages, targets, complete = egae(
+            traj.reward, traj.value, next_values, terminated, traj.truncated,
+            config.gamma, config.gae_lambda,
+        )  # fmt: skip
+    else:
+        advantages, targets = gae(
+            traj.reward, traj.value, next_values, terminated, traj.truncated,
+            config.gamma, config.gae_lambda,
+        )  # fmt: skip
+        complete = jnp.ones(targets.shape, bool)
 
     # --- Minibatch epochs ---
     lr = config.lr
@@ -295,13 +443,40 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         lr = config.lr * (1.0 - state.update_step / config.num_updates)
     optimizer = _optimizer(config, lr)
 
+    ggd = config.value_weighting == "ggd"
+
     def loss_fn(params, batch):
-        obs, action, old_log_prob, old_value, advantages, targets = batch
-        pi, value = network.apply(params, obs)
-        return ppo_loss(
+        obs, action, old_log_prob, old_value, advantages, targets, complete = batch
+        if ggd:
+            pi, value, beta = network.clone(beta_head=True).apply(params, obs)
+        else:
+            pi, value = network.apply(params, obs)
+        value_weights, extra = None, {}
+        if config.egae:
+            value_weights = complete / jnp.maximum(complete.sum(), 1)
+            extra["value_fraction"] = complete.mean()
+        if ggd:
+            value_weights, xi = biv_weights(ggd_variance(beta), config.biv_minimal_size, complete)
+            nll = ggd_nll(jax.lax.stop_gradient(targets - value), beta)
+            nll = (complete * nll).sum() / jnp.maximum(complete.sum(), 1)
+            extra |= {"ggd_nll": nll, "ggd_beta": beta.mean(), "biv_xi": xi}
+            squares = jnp.square(value_weights).sum()  # 0 when no step in the minibatch is complete
+            extra["effective_batch_size"] = jnp.where(squares > 0, 1.0 / squares, 0.0)
+        if value_weights is None:
+            return ppo_loss(
+                pi.log_prob(action), old_log_prob, advantages, value, old_value, targets,
+                pi.entropy(), config,
+            )  # fmt: skip
+        # The policy and entropy terms as ever; the value loss weighed.
+        loss, parts = ppo_loss(
             pi.log_prob(action), old_log_prob, advantages, value, old_value, targets,
-            pi.entropy(), config,
+            pi.entropy(), config.replace(vf_coef=0.0),
         )  # fmt: skip
+        parts["value_loss"] = weighted_value_loss(
+            value, old_value, targets, value_weights, config.clip_eps
+        )
+        loss = loss + config.vf_coef * (parts["value_loss"] + extra.get("ggd_nll", 0.0))
+        return loss, {**parts, **extra}
 
     def minibatch_step(carry, batch):
         params, opt_state = carry
@@ -313,7 +488,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     def epoch(carry, _):
         params, opt_state, rng = carry
         rng, perm_key = jax.random.split(rng)
-        batch = (traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets)
+        batch = (traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets, complete)
         batch = jax.tree.map(lambda x: x.reshape(config.steps_per_update, *x.shape[2:]), batch)
         permutation = jax.random.permutation(perm_key, config.steps_per_update)
         minibatches = jax.tree.map(

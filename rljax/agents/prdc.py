@@ -60,6 +60,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Ran et al., "Policy Regularization with Dataset Constraint for Offline Reinforcement '
     'Learning", ICML 2023'

@@ -29,6 +29,7 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Dabney et al., "Distributional Reinforcement Learning with Quantile Regression", AAAI 2018'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.

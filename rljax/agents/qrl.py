@@ -36,6 +36,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = True
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Wang et al., "Optimal Goal-Reaching Reinforcement Learning via Quasimetric Learning", '
     "ICML 2023"

@@ -34,6 +34,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Tarasov et al., "Revisiting the Minimalist Approach to Offline Reinforcement Learning", '
     "NeurIPS 2023"

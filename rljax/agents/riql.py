@@ -55,6 +55,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Yang et al., "Towards Robust Offline Reinforcement Learning under Diverse Data Corruption", '
     "ICLR 2024"

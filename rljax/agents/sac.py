@@ -15,6 +15,34 @@ steps ``num_envs`` environments ``num_steps`` times (uniform random actions unti
 ``learning_starts`` steps), stores the transitions in a replay buffer that lives in the train
 state, then takes ``utd_ratio`` gradient steps per environment step. Time limits are bootstrapped
 through: only ``terminated`` cuts the target.
+
+``critic_weighting`` weighs the samples b of L_Q (default ``"uniform"``: the mean above, as ever):
+
+    L_Q = 1/2 sum_i sum_b w_b (Q_i(s_b, a_b) - y_b)^2,   the w_b summing to 1 over the batch
+
+``"biv"``: batch inverse-variance weights (BIV; Mai et al., "Sample Efficient Deep Reinforcement
+Learning via Uncertainty Estimation", ICLR 2022, as in IV-RL's code),
+
+    w_b = (1 / (sigma_b^2 + xi)) / sum_c 1 / (sigma_c^2 + xi)
+
+with xi = 0 if the effective batch size 1 / sum_b w_b^2 is at least m = min(B - 1,
+biv_minimal_size), else the xi that brings it to m (a bisection on log xi inside jit; IV-RL runs
+Nelder-Mead). sigma_b^2 is the variance of the target over the ensemble that SAC has, its two
+target critics: gamma^2 (1 - terminated) Var_i Qbar_i(s', a'). IV-RL's ensembles are larger; two
+members make a rough estimate. The weights do not change if every sigma_b^2 is scaled alike.
+
+``"ggd"``: GGD (Kim et al., "Generalized Gaussian Temporal Difference Error for Uncertainty-aware
+Reinforcement Learning", arXiv 2408.02295). Each critic gets a beta-head on its last features
+(their gradient stopped, so it never moves Q) that models the TD error delta = y - Q(s, a) as a
+zero-mean generalized Gaussian of scale alpha = 1, trained by its negative log-likelihood
+
+    NLL = |delta|^beta - log beta + log 2 + log Gamma(1/beta),   Var = Gamma(3/beta) / Gamma(1/beta)
+
+(added to L_Q; it trains the heads alone), and BIV adds this aleatoric variance, averaged over
+the two critics, to the ensemble's:
+sigma_b^2 = gamma^2 (1 - terminated) Var_i Qbar_i(s', a') + Var(beta(s, a)). UNVERIFIED: the
+beta-head, alpha = 1 and this sum are our reading of GGD (its code was not found); its
+refinements of BIV (bias reduction, kurtosis) and its risk-averse weight are not built.
 """
 
 from typing import Any
@@ -29,6 +57,7 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = (
     'Haarnoja et al., "Soft Actor-Critic: Off-Policy Maximum Entropy Deep Reinforcement '
     'Learning with a Stochastic Actor", ICML 2018'
@@ -37,6 +66,8 @@ PAPER = (
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+# The range of GGD's shape beta: 0.5 (tails heavier than a Laplace's) to 8 (near a uniform's).
+BETA_MIN, BETA_MAX = 0.5, 8.0
 
 
 def _field(default, *, static=False, bounds=None, choices=None, doc):
@@ -76,6 +107,12 @@ class Config:
     activation: str = _field(
         "relu", static=True, choices=("relu", "gelu", "tanh"), doc="activation of the hidden layers"
     )
+    critic_weighting: str = _field(
+        "uniform",
+        static=True,
+        choices=("uniform", "biv", "ggd"),
+        doc="weights of the critic loss's samples: uniform, batch inverse variance, BIV + GGD",
+    )
     actor_lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of the actor")
     critic_lr: float = _field(3e-4, bounds="(0, inf)", doc="Adam learning rate of the critics")
     alpha_lr: float = _field(
@@ -85,6 +122,9 @@ class Config:
     tau: float = _field(0.005, bounds="(0, 1]", doc="Polyak rate tau of the target critics")
     reward_scale: float = _field(1.0, bounds="(0, inf)", doc="reward scale k in the critic target")
     init_alpha: float = _field(1.0, bounds="(0, inf)", doc="initial temperature alpha")
+    biv_minimal_size: float = _field(
+        32, bounds="[1, inf)", doc="BIV's smallest effective batch size m (at most batch_size - 1)"
+    )
 
     @property
     def steps_per_update(self) -> int:
@@ -179,13 +219,21 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
+    """Q(s, a); with ``beta_head`` also GGD's shape beta(s, a), read from the last features with
+    their gradient stopped. A critic without the head ignores its weights."""
+
     hidden_sizes: tuple
     activation: str
+    beta_head: bool = False
 
     @nn.compact
     def __call__(self, obs, action):
         x = _mlp(jnp.concatenate([obs, action], -1), self.hidden_sizes, self.activation)
-        return jnp.squeeze(nn.Dense(1)(x), -1)
+        q = jnp.squeeze(nn.Dense(1)(x), -1)
+        if not self.beta_head:
+            return q
+        raw = jnp.squeeze(nn.Dense(1, name="beta_head")(jax.lax.stop_gradient(x)), -1)
+        return q, BETA_MIN + (BETA_MAX - BETA_MIN) * nn.sigmoid(raw)
 
 
 class TwinCritic(nn.Module):
@@ -193,6 +241,7 @@ class TwinCritic(nn.Module):
 
     hidden_sizes: tuple
     activation: str
+    beta_head: bool = False
 
     @nn.compact
     def __call__(self, obs, action):
@@ -203,7 +252,7 @@ class TwinCritic(nn.Module):
             in_axes=None,
             axis_size=2,
         )
-        return twins(self.hidden_sizes, self.activation)(obs, action)
+        return twins(self.hidden_sizes, self.activation, self.beta_head)(obs, action)
 
 
 def _networks(config: Config, action_dim: int) -> tuple[Actor, TwinCritic]:
@@ -224,15 +273,84 @@ def sample_action(mean, log_std, low, high, rng):
 # --- Losses ---
 
 
+def ggd_nll(delta, beta):
+    """Negative log density at delta of the zero-mean generalized Gaussian of scale 1, shape beta:
+    |delta|^beta - log beta + log 2 + log Gamma(1/beta). beta = 2 is the Gaussian of variance
+    1/2, beta = 1 the Laplace of scale 1."""
+    magnitude = jnp.abs(delta)
+    positive = magnitude > 0
+    # |0|^beta = 0, with a zero (not NaN) gradient in beta.
+    power = jnp.where(positive, jnp.exp(beta * jnp.log(jnp.where(positive, magnitude, 1.0))), 0.0)
+    return power - jnp.log(beta) + jnp.log(2.0) + jax.scipy.special.gammaln(1.0 / beta)
+
+
+def ggd_variance(beta):
+    """The variance Gamma(3/beta) / Gamma(1/beta) of the generalized Gaussian of scale 1."""
+    gammaln = jax.scipy.special.gammaln
+    return jnp.exp(gammaln(3.0 / beta) - gammaln(1.0 / beta))
+
+
+def biv_weights(variance, minimal_size, valid=None):
+    """Batch inverse-variance weights (IV-RL), summing to 1 over the valid samples; (weights, xi).
+
+    w_i = (1 / (var_i + xi)) / sum_j 1 / (var_j + xi), with xi = 0 when the effective batch size
+    1 / sum_i w_i^2 is at least m = min(n - 1, minimal_size) (n valid samples), else the xi that
+    brings it to m: a bisection on log xi, as the effective batch size grows with xi (IV-RL runs
+    Nelder-Mead). Invalid samples weigh 0. Variances are floored at 1e-8 (a terminal target's
+    spread is 0) and carry no gradient.
+    """
+    variance = jnp.maximum(jax.lax.stop_gradient(variance), 1e-8)
+    valid = jnp.ones(variance.shape, bool) if valid is None else valid
+    n = valid.sum()
+    m = jnp.minimum(n - 1, minimal_size)
+
+    def weights(xi):
+        inverse = jnp.where(valid, 1.0 / (variance + xi), 0.0)
+        return inverse / jnp.maximum(inverse.sum(), 1e-30)
+
+    def short(xi):  # the effective batch size falls short of m
+        return 1.0 / jnp.square(weights(xi)).sum() < m
+
+    # At xi = n max(var) the weights lie within a factor 1 + 1/n: the effective batch size is
+    # above n - 1/(4n) > m, so the root lies in (0, high].
+    high = n * jnp.where(valid, variance, 0.0).max()
+
+    def bisect(_, bounds):
+        low, high = bounds
+        middle = jnp.sqrt(low) * jnp.sqrt(high)
+        return jnp.where(short(middle), middle, low), jnp.where(short(middle), high, middle)
+
+    _, xi = jax.lax.fori_loop(0, 40, bisect, (1e-12 * high, high))
+    xi = jnp.where(short(0.0), xi, 0.0)
+    return weights(xi), xi
+
+
 def critic_loss(critic_params, batch, next_action, next_log_prob, target_critic, alpha, config):
-    """Soft Bellman error of both critics against the smaller target critic."""
+    """Soft Bellman error of both critics against the smaller target critic, its samples weighed
+    as ``config.critic_weighting`` says; returns (loss, metrics)."""
     _, critic = _networks(config, batch["action"].shape[-1])
-    q_next = critic.apply(target_critic, batch["next_obs"], next_action).min(0)
+    q_next_each = critic.apply(target_critic, batch["next_obs"], next_action)  # (2, batch)
+    q_next = q_next_each.min(0)
     discount = config.gamma * (1.0 - batch["terminated"])
     target = config.reward_scale * batch["reward"] + discount * (q_next - alpha * next_log_prob)
-    q = critic.apply(critic_params, batch["obs"], batch["action"])
-    loss = 0.5 * jnp.square(q - jax.lax.stop_gradient(target)).mean(-1).sum()
-    return loss, q.mean()
+    if config.critic_weighting == "uniform":
+        q = critic.apply(critic_params, batch["obs"], batch["action"])
+        loss = 0.5 * jnp.square(q - jax.lax.stop_gradient(target)).mean(-1).sum()
+        return loss, {"q_mean": q.mean()}
+    # The target's spread over the twin target critics (epistemic), through the discount.
+    variance = jnp.square(discount) * q_next_each.var(0)
+    metrics = {}
+    if config.critic_weighting == "ggd":
+        q, beta = critic.clone(beta_head=True).apply(critic_params, batch["obs"], batch["action"])
+        nll = ggd_nll(jax.lax.stop_gradient(target - q), beta).mean(-1).sum()
+        variance = variance + ggd_variance(jax.lax.stop_gradient(beta)).mean(0)
+        metrics = {"ggd_nll": nll, "ggd_beta": beta.mean()}
+    else:
+        q, nll = critic.apply(critic_params, batch["obs"], batch["action"]), 0.0
+    weights, xi = biv_weights(variance, config.biv_minimal_size)
+    loss = 0.5 * (weights * jnp.square(q - jax.lax.stop_gradient(target))).sum(-1).sum() + nll
+    metrics |= {"biv_xi": xi, "effective_batch_size": 1.0 / jnp.square(weights).sum()}
+    return loss, {"q_mean": q.mean(), **metrics}
 
 
 def actor_loss(actor_params, params: Params, obs, rng, config):
@@ -284,10 +402,17 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"{type(space).__name__} action space"
         )
     low, high = (np.broadcast_to(bound, space.shape) for bound in bounds)
+    if config.critic_weighting not in ("uniform", "biv", "ggd"):
+        raise ValueError(
+            f"critic_weighting={config.critic_weighting!r} is not allowed; choose one of "
+            "['uniform', 'biv', 'ggd']"
+        )
     check(config)
     rng, actor_key, critic_key, env_key = jax.random.split(rng, 4)
     action_dim = space.shape[0]
     actor, critic = _networks(config, action_dim)
+    # GGD's beta-heads: the same weights, and one more head per critic that Q ignores.
+    critic = critic.clone(beta_head=config.critic_weighting == "ggd")
     dummy_obs, dummy_action = jnp.zeros(obs_shape), jnp.zeros(action_dim)
     params = Params(
         actor=actor.init(actor_key, dummy_obs),
@@ -375,7 +500,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         next_action, next_log_prob = sample_action(
             next_mean, next_log_std, params.action_low, params.action_high, next_key
         )
-        (loss_q, q_mean), critic_grads = jax.value_and_grad(critic_loss, has_aux=True)(
+        (loss_q, critic_metrics), critic_grads = jax.value_and_grad(critic_loss, has_aux=True)(
             params.critic, batch, next_action, next_log_prob, state.target_critic, alpha, config
         )
         updates, critic_opt = critic_optimizer.update(critic_grads, state.critic_opt)
@@ -407,9 +532,9 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
             "alpha_loss": loss_alpha,
             "alpha": alpha,
             "entropy": -log_prob.mean(),
-            "q_mean": q_mean,
             "grad_norm": optax.tree.norm(critic_grads),
             "actor_grad_norm": optax.tree.norm(actor_grads),
+            **critic_metrics,
         }
         return state, metrics
 

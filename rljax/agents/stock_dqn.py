@@ -51,6 +51,7 @@ from flax import struct
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = True
+RECURRENT = False
 PAPER = (
     'Ávila Pires et al., "Optimizing Return Distributions with Distributional Dynamic '
     'Programming", JMLR 2025'

@@ -28,6 +28,7 @@ from flax import struct
 LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
+RECURRENT = False
 PAPER = 'Fujimoto, Gu, "A Minimalist Approach to Offline Reinforcement Learning", NeurIPS 2021'
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import spaces
 
-from rljax.envs import brax_env, lot_sizing, maze, risky_shortcut
+from rljax.envs import brax_env, lot_sizing, maze, risky_shortcut, two_optima
 from rljax.envs.wrappers import (
     ClipAction,
     FlattenObservationWrapper,
@@ -27,6 +27,7 @@ from rljax.envs.wrappers import (
 # rljax's own JAX environments: name -> zero-argument factory returning (env, default params).
 OWN_ENVS: dict = {
     "RiskyShortcut": lambda: (risky_shortcut.RiskyShortcut(), risky_shortcut.EnvParams()),
+    "TwoOptima": lambda: (two_optima.TwoOptima(), two_optima.EnvParams()),
     **{
         f"LotSizing-{size}": lambda size=size: lot_sizing.make_instance(size)
         for size in lot_sizing.INSTANCES

@@ -1,11 +1,15 @@
 """Policies in vectorized envs: one rollout function, and evaluation episodes built on it.
 
 ``rollout`` steps a batch of envs under a policy and keeps what a caller asks of each step;
+a policy with memory (a recurrent agent's, ``MemoryPolicy``) carries it from step to step;
 evaluation keeps the episode statistics (the first episode of each env counts), and dataset
 generation keeps whole transitions. Goal-conditioned envs keep the goal in the env state's
 ``goal`` field and list ``num_tasks`` fixed evaluation tasks (``EnvParams.task_id``
 1..num_tasks), each evaluated equally often.
 """
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +25,27 @@ def goal_of(env_state):
     return env_state.goal
 
 
+class MemoryPolicy(NamedTuple):
+    """A policy that remembers: ``step(memory, obs, first, env_state, key) -> (memory, action)``,
+    where ``first`` marks the observations that start an episode, from ``initial(num_envs)``."""
+
+    initial: Callable[[int], Any]
+    step: Callable
+
+
 def agent_policy(agent, config, params, deterministic: bool, moments=None):
     """``policy(obs, env_state, key) -> action`` of a declared agent (``rljax.agents.
-    declaration``) on raw observations, with frozen normalization moments."""
+    declaration``) on raw observations, with frozen normalization moments; a ``MemoryPolicy``
+    for a recurrent agent."""
+    if agent.recurrent:
+        module = agent.module
+
+        def step(memory, obs, first, env_state, key):
+            if moments is not None:
+                obs = normalize(obs, moments)
+            return module.act_step(config, params, memory, obs, first, key, deterministic)
+
+        return MemoryPolicy(lambda num_envs: module.initial_hidden(config, (num_envs,)), step)
 
     def policy(obs, env_state, key):
         if moments is not None:
@@ -39,25 +61,32 @@ def agent_policy(agent, config, params, deterministic: bool, moments=None):
 def rollout(policy, env, env_params, num_envs: int, num_steps: int, key, keep, params_axes=None):
     """``num_steps`` steps of ``policy`` in ``num_envs`` vmapped envs, time-major.
 
-    ``policy(obs, env_state, key) -> action`` acts on the batch; ``keep(obs, action, reward,
-    terminated, truncated, info)`` says what to stack of each step (``obs`` is the observation
-    the action answers); ``params_axes`` are ``env_params``' vmap axes when they differ per env.
+    ``policy(obs, env_state, key) -> action`` acts on the batch (or a ``MemoryPolicy``, whose
+    memory starts each episode afresh); ``keep(obs, action, reward, terminated, truncated,
+    info)`` says what to stack of each step (``obs`` is the observation the action answers);
+    ``params_axes`` are ``env_params``' vmap axes when they differ per env.
     """
+    if not isinstance(policy, MemoryPolicy):
+        act = policy
+        policy = MemoryPolicy(lambda _: (), lambda m, obs, first, s, k: (m, act(obs, s, k)))
     reset = jax.vmap(env.reset, in_axes=(0, params_axes), axis_name=ENV_AXIS)
     step = jax.vmap(env.step, in_axes=(0, 0, 0, params_axes), axis_name=ENV_AXIS)
     key, reset_key = jax.random.split(key)
-    first = reset(jax.random.split(reset_key, num_envs), env_params)
+    obs, env_state = reset(jax.random.split(reset_key, num_envs), env_params)
+    start = (obs, env_state, policy.initial(num_envs), jnp.ones(num_envs, bool))
 
     def one_step(carry, key):
-        obs, env_state = carry
+        obs, env_state, memory, first = carry
         action_key, step_key = jax.random.split(key)
-        action = policy(obs, env_state, action_key)
+        memory, action = policy.step(memory, obs, first, env_state, action_key)
         next_obs, env_state, reward, terminated, truncated, info = step(
             jax.random.split(step_key, num_envs), env_state, action, env_params
         )
-        return (next_obs, env_state), keep(obs, action, reward, terminated, truncated, info)
+        done = jnp.logical_or(terminated, truncated)
+        kept = keep(obs, action, reward, terminated, truncated, info)
+        return (next_obs, env_state, memory, done), kept
 
-    return jax.lax.scan(one_step, first, jax.random.split(key, num_steps))[1]
+    return jax.lax.scan(one_step, start, jax.random.split(key, num_steps))[1]
 
 
 def first_episode_returns(policy, env, env_params, num_envs: int, key, params_axes=None):

@@ -10,7 +10,9 @@ so returns are in the env's own reward units. Nothing here reads the training da
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 
@@ -54,20 +56,44 @@ def _observation_moments(state):
     return None if found is None else jax.tree.map(lambda x: x[:, 0], found.moments)
 
 
+class RecurrentPolicy(NamedTuple):
+    """A trained recurrent member: ``step(memory, obs, first, rng) -> (memory, action)``, with
+    ``first`` true where obs starts an episode, from ``initial(batch_shape=())``."""
+
+    initial: Callable
+    step: Callable
+
+
 def member_policy(program: Program, state, member: int, deterministic: bool):
     """``policy(obs, rng)`` of one member, or ``policy(obs, goal, rng)`` for a goal-conditioned
-    agent: raw observations in, the env's own action units out (unbatched or batched)."""
+    agent: raw observations in, the env's own action units out (unbatched or batched). For a
+    recurrent agent, a ``RecurrentPolicy`` (its step not jitted)."""
     if not 0 <= member < len(program.members):
         raise RunError(f"member={member} is out of range: the run has {len(program.members)}")
     config, params = jax.tree.map(lambda x: x[member], (program.stacked, state.params))
     moments = _observation_moments(state)
     moments = None if moments is None else jax.tree.map(lambda x: x[member], moments)
-    act, env, env_params = program.agent.module.act, program.env, program.env_params
+    module, env, env_params = program.agent.module, program.env, program.env_params
+
+    def normalized(obs):
+        return obs if moments is None else normalize(obs, moments)
+
+    if program.agent.recurrent:
+
+        def step(memory, obs, first, rng):
+            memory, action = module.act_step(
+                config, params, memory, normalized(obs), first, rng, deterministic
+            )
+            return memory, env_action(env, action, env_params)
+
+        return RecurrentPolicy(
+            lambda batch_shape=(): module.initial_hidden(config, batch_shape), step
+        )
 
     def policy(obs, *goal_and_rng):
-        if moments is not None:
-            obs = normalize(obs, moments)
-        action = act(config, params, obs, *goal_and_rng, deterministic=deterministic)
+        action = module.act(
+            config, params, normalized(obs), *goal_and_rng, deterministic=deterministic
+        )
         return env_action(env, action, env_params)
 
     return policy
@@ -75,9 +101,13 @@ def member_policy(program: Program, state, member: int, deterministic: bool):
 
 def load_policy(run_dir, member: int = 0, deterministic: bool = False):
     """The jitted ``policy(obs, rng) -> action`` of one trained member (``policy(obs, goal,
-    rng)`` for a goal-conditioned agent), from the run directory alone."""
+    rng)`` for a goal-conditioned agent; a ``RecurrentPolicy`` with a jitted step for a
+    recurrent one), from the run directory alone."""
     program, state, _ = restore(run_dir)
-    return jax.jit(member_policy(program, state, member, deterministic))
+    policy = member_policy(program, state, member, deterministic)
+    if isinstance(policy, RecurrentPolicy):
+        return policy._replace(step=jax.jit(policy.step))
+    return jax.jit(policy)
 
 
 def export_policy(run_dir, out, member: int = 0, deterministic: bool = True) -> dict:
@@ -85,6 +115,11 @@ def export_policy(run_dir, out, member: int = 0, deterministic: bool = True) -> 
     and a ``jax.random.PRNGKey``, and ``out.json``, its signature. Running it needs jax alone:
     ``jax.export.deserialize(out.read_bytes()).call(obs, key)``."""
     program, state, step = restore(run_dir)
+    if program.agent.recurrent:
+        raise RunError(
+            f"{program.spec.algo} is recurrent and export_policy writes memoryless policies; "
+            "use rljax.load_policy, whose step carries the memory"
+        )
     policy = member_policy(program, state, member, deterministic)
     obs = jax.eval_shape(program.env.reset, jax.random.PRNGKey(0), program.env_params)[0]
     key = jax.eval_shape(jax.random.PRNGKey, 0)  # a raw uint32 key, as PRNGKey makes
