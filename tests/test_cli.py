@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rljax import cli
+from rljax import agents, cli, envs
 from rljax.agents import ALGORITHMS
+from rljax.runner import config as config_lib
+from rljax.runner.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=2"]
@@ -110,3 +113,21 @@ def test_eval_of_a_directory_that_is_no_run(tmp_path, capsys):
 def test_eval_needs_at_least_one_episode(tmp_path, capsys):
     assert cli.main(["eval", str(tmp_path), "--episodes", "0"]) == 2
     assert "episodes=0 is out of range" in capsys.readouterr().err
+
+
+PRESETS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "path", PRESETS, ids=[str(p.relative_to(REPO / "configs")) for p in PRESETS]
+)
+def test_every_preset_is_a_valid_run(path):
+    """Each file under configs/ is a run spec for the agent of its folder: known keys, valid
+    field values, the agent's own cross-field rules, and an env rljax can make."""
+    preset = yaml.safe_load(path.read_text())
+    spec = RunSpec(**preset)
+    assert spec.algo == path.parent.name, f"{path} configures {spec.algo}"
+    declared = agents.declaration(spec.algo)
+    declared.check(config_lib.make_config(declared.module.Config, spec.agent))
+    if spec.env:
+        envs.make(**spec.env)
