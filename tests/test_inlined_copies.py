@@ -64,7 +64,9 @@ COPIES = {
     "ddpg_bc_loss": [["crl", "qrl"]],
     "awr_weight": [HIERARCHICAL],
     "length_normalize": [HIERARCHICAL],
-    # Helpers: the text check only.
+    # Helpers: the text check only (_any_member's behaviour: tests/test_delayed_updates.py).
+    "_any_member": [["a2pr", "dsac_t", "prdc", "td3_bc"]],
+    "_any_member_vmap": [["a2pr", "dsac_t", "prdc", "td3_bc"]],
     "_cat": [HIERARCHICAL],
     "_pick": [["ppo_pmoe", "sac_pmoe"]],
     "_check_dataset": [["gcbc", "gcivl"]],
@@ -75,6 +77,9 @@ COPIES = {
     "_normalize": [["a2pr", "bc", "edac", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"]],
     "normalize": [["cql", "rebrac"]],
     "_optimizer": [DQN, POLICY_GRADIENT],
+    # The rollout's noise drawn ahead; that it samples as pi.sample: tests/test_ppo.py.
+    "_action_noise": [["dpo", "lpo", "mdpo", "ppo"]],
+    "_sample": [["dpo", "lpo", "mdpo", "pdppo", "ppo"]],
     "_policy": [["gcbc", "gciql", "gcivl"]],
     "_support": [["c51", "stock_dqn"]],
     "goal_representation": [HIERARCHICAL],

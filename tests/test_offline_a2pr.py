@@ -397,8 +397,8 @@ def test_update_agrees_under_jit_and_vmap():
 
 
 def test_train_is_finite_deterministic_and_a_seed_sweep_member_is_the_single_run():
-    """Same key, same numbers; seeds vmapped (the actor step's cond becomes a select there)
-    give each seed's single run."""
+    """Same key, same numbers; seeds vmapped (the actor step under a cond on any member being
+    at it) give each seed's single run."""
     dataset = synthetic_dataset()
     config = a2pr.Config(**TINY, total_updates=200)
     run = jax.jit(lambda key: a2pr.train(config, dataset, key))

@@ -181,6 +181,33 @@ def test_act_deterministic_is_the_mode(env_name):
     np.testing.assert_allclose(ppo.act(config, params, obs, key), pi.sample(seed=key), rtol=1e-6)
 
 
+@pytest.mark.parametrize("env_name", ["CartPole-v1", "Pendulum-v1"])
+def test_rollout_noise_drawn_ahead_samples_as_the_distribution(env_name):
+    """The rollout draws its action noise before its loop: ``_sample(pi, _action_noise(key))`` is
+    exactly ``pi.sample(seed=key)`` (Gumbel argmax over logits; mean + std * normal), jitted
+    as in the rollout, so training draws the numbers a per-step sample would."""
+    env, env_params = envs.make(env_name)
+    config = ppo.Config(**TINY)
+    params = ppo.init(config, env, env_params, jax.random.PRNGKey(0)).params
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = jax.tree.unflatten(
+        treedef, [x + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    )
+    network = ppo._network(config, env.action_space(env_params))
+    obs = jax.random.normal(jax.random.PRNGKey(2), (256, *env.observation_space(env_params).shape))
+
+    @jax.jit
+    def both(key):
+        pi, _ = network.apply(params.net, obs)
+        return pi.sample(seed=key), ppo._sample(pi, ppo._action_noise(key, params, len(obs)))
+
+    for seed in range(3):
+        expected, drawn_ahead = both(jax.random.PRNGKey(seed))
+        assert drawn_ahead.dtype == expected.dtype
+        np.testing.assert_array_equal(drawn_ahead, expected)
+
+
 def test_init_rejects_bad_minibatches_and_image_observations():
     """init names num_minibatches when it does not divide num_envs * num_steps, and asks for
     flattening when observations are not vectors."""

@@ -23,6 +23,13 @@ BCQ does, z ~ N(0, I) clipped to [-0.5, 0.5] (A2PR's update never samples the pr
 the reconstruction of pi(s)). Squared errors are means over the batch and the action
 dimensions, as the authors' ``F.mse_loss`` and ``.mean()``; so is the KL (over latent dims).
 
+The actor's step (its loss, gradient and Adam step) and both Polyak updates run inside a
+``lax.cond`` on whether any member is at its actor step (``_any_member``), so the other steps
+skip them, under vmap (seeds, sweeps) too, where a plain batched cond would run both branches.
+On those steps ``actor_loss``, ``bc_loss``, ``lambda``, ``pi_target_fraction`` and
+``mask_mean`` repeat the last actor step's values (zeros before the first), carried in the
+state as ``actor_metrics``.
+
 Where the paper and the authors' code differ, or the paper is silent, this file follows the code:
 the VAE's advantage threshold (the paper's epsilon_A) is 0; V0 in the VAE's and the actor's
 comparisons is the value before its update on this batch; Q_1(s, pi~), Q_1(s, a), V0 and lambda
@@ -130,6 +137,9 @@ class Params:
     action_dim: int = struct.field(pytree_node=False, default=1)
 
 
+ACTOR_METRICS = ("actor_loss", "bc_loss", "lambda", "pi_target_fraction", "mask_mean")
+
+
 @struct.dataclass
 class TrainState:
     params: Params
@@ -139,6 +149,7 @@ class TrainState:
     critic_opt: Any
     value_opt: Any
     vae_opt: Any
+    actor_metrics: dict  # ACTOR_METRICS of the last actor step, reported again until the next
     rng: jax.Array
     step: jax.Array  # gradient steps done so far
 
@@ -386,6 +397,20 @@ def check(config: Config) -> None:
         )
 
 
+@jax.custom_batching.custom_vmap
+def _any_member(flag):
+    """``flag``; under vmap, whether any member's flag is set, unbatched. A ``lax.cond`` on a
+    batched predicate becomes a select that runs both branches every step; on this one it
+    still skips the delayed branch when no member is at its delayed step."""
+    return flag
+
+
+@_any_member.def_vmap
+def _any_member_vmap(axis_size, in_batched, flag):
+    (batched,) = in_batched
+    return _any_member(flag.any(0) if batched else flag), False  # again, for an outer vmap
+
+
 def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     """Networks, optimizers and normalization statistics for ``dataset`` (an rljax Dataset)."""
     _check_dataset(dataset)
@@ -412,13 +437,15 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
         critic_opt=optax.adam(config.critic_lr).init(params.critic),
         value_opt=optax.adam(config.value_lr).init(params.value),
         vae_opt=optax.adam(config.vae_lr).init(params.vae),
+        actor_metrics={name: jnp.zeros(()) for name in ACTOR_METRICS},
         rng=rng,
         step=jnp.zeros((), jnp.int32),
     )
 
 
 def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """Critics, then V, then the VAE; the actor and both targets on every policy_freq-th step."""
+    """Critics, then V, then the VAE; the actor and both targets on every policy_freq-th step
+    (the actor's metrics on the other steps are the last actor step's)."""
     params = state.params
     action_dim = batch["actions"].shape[-1]
     actor, _ = _networks(config, action_dim)
@@ -456,49 +483,60 @@ def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[Tra
     )
     updates, vae_opt = optax.adam(config.vae_lr).update(vae_grads, state.vae_opt)
     params = params.replace(vae=optax.apply_updates(params.vae, updates))
-    state = state.replace(
-        params=params, critic_opt=critic_opt, value_opt=value_opt, vae_opt=vae_opt, rng=rng
-    )
 
     # Delayed actor and targets (TD3 counts steps from 1: the actor moves on steps 2, 4, ...).
     actor_noise = jax.random.normal(actor_key, latent_shape)
+    kept = {
+        "actor": params.actor,
+        "actor_opt": state.actor_opt,
+        "target_actor": state.target_actor,
+        "target_critic": state.target_critic,
+        "actor_metrics": state.actor_metrics,
+    }
+    actor_turn = (state.step + 1) % config.policy_freq == 0
 
-    def actor_step(state: TrainState):
-        params = state.params
+    def move(kept):
         (loss_pi, aux), grads = jax.value_and_grad(actor_loss, has_aux=True)(
             params.actor, params, batch, q_data, v, actor_noise, config
         )
         updates, actor_opt = optax.adam(config.actor_lr).update(grads, state.actor_opt)
-        params = params.replace(actor=optax.apply_updates(params.actor, updates))
-        state = state.replace(
-            params=params,
-            actor_opt=actor_opt,
-            target_actor=optax.incremental_update(params.actor, state.target_actor, config.tau),
-            target_critic=optax.incremental_update(params.critic, state.target_critic, config.tau),
-        )
-        return state, loss_pi, aux
+        new_actor = optax.apply_updates(params.actor, updates)
+        moved = {
+            "actor": new_actor,
+            "actor_opt": actor_opt,
+            "target_actor": optax.incremental_update(new_actor, state.target_actor, config.tau),
+            "target_critic": optax.incremental_update(
+                params.critic, state.target_critic, config.tau
+            ),
+            "actor_metrics": {"actor_loss": loss_pi, **aux},
+        }
+        # Under vmap another member's actor step may bring a member here: it keeps its own.
+        return jax.tree.map(lambda m, k: jnp.where(actor_turn, m, k), moved, kept)
 
-    def critic_only(state: TrainState):  # the actor's loss is still reported
-        loss_pi, aux = actor_loss(
-            state.params.actor, state.params, batch, q_data, v, actor_noise, config
-        )
-        return state, loss_pi, aux
-
-    actor_turn = (state.step + 1) % config.policy_freq == 0
-    state, loss_pi, actor_aux = jax.lax.cond(actor_turn, actor_step, critic_only, state)
-    state = state.replace(step=state.step + 1)
+    new = jax.lax.cond(_any_member(actor_turn), move, lambda kept: kept, kept)
+    state = state.replace(
+        params=params.replace(actor=new["actor"]),
+        target_actor=new["target_actor"],
+        target_critic=new["target_critic"],
+        actor_opt=new["actor_opt"],
+        critic_opt=critic_opt,
+        value_opt=value_opt,
+        vae_opt=vae_opt,
+        actor_metrics=new["actor_metrics"],
+        rng=rng,
+        step=state.step + 1,
+    )
     metrics = {
         "critic_loss": loss_q,
         "value_loss": loss_v,
         "vae_loss": loss_vae,
-        "actor_loss": loss_pi,
         "q_mean": q_mean,
         "v_mean": v.mean(),
         "grad_norm": optax.tree.norm(critic_grads),
         "value_grad_norm": optax.tree.norm(value_grads),
         "vae_grad_norm": optax.tree.norm(vae_grads),
         **vae_aux,
-        **actor_aux,
+        **new["actor_metrics"],
     }
     return state, metrics
 
@@ -594,7 +632,7 @@ if __name__ == "__main__":
     print(f"A2PR on {episodes} noisy swing-up episodes of Pendulum-v1: "
           f"{config.total_updates} updates in {time.time() - start:.1f}s")  # fmt: skip
     names = ("critic_loss", "value_loss", "recon_loss", "bc_loss", "positive_fraction")
-    for i in np.linspace(0, config.total_updates - 1, 5).astype(int):
+    for i in np.linspace(1, config.total_updates - 1, 5).astype(int):
         print(
             f"  update {i + 1:>6d}  " + "  ".join(f"{k} {float(metrics[k][i]):.3f}" for k in names)
         )

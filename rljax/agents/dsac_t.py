@@ -26,8 +26,14 @@ the same spread term with Huber instead of the square, both weighted per sample 
 clip(b_i^2 / (sigma_i^2 + e), 0.1, 10). The actor and the temperature are as in SAC,
 with min_i Q_i(s, a~) over critic means; critics step every gradient step, the policy, the
 temperature and the Polyak targets (critics and policy) every ``policy_delay`` steps, all from
-gradients taken before the critic step. The defaults are the authors' MuJoCo settings
-(``example_train/dsacv2_mlp_mujoco_offserial.py``): 20 environment steps per gradient step.
+gradients taken before the critic step. That delayed part (the policy's and the temperature's
+losses, gradients and Adam steps, and the Polyak updates) runs inside a ``lax.cond`` on whether
+any member is at its delayed step (``_any_member``), so the steps between skip it, under vmap
+(seeds, sweeps) too; on those steps ``actor_loss``, ``alpha_loss``, ``entropy`` and
+``actor_grad_norm`` repeat the last delayed step's values (zeros before the first), carried in
+the state as ``actor_metrics``, and an iteration reports their mean over its gradient steps.
+The defaults are the authors' MuJoCo settings (``example_train/dsacv2_mlp_mujoco_offserial.py``):
+20 environment steps per gradient step.
 """
 
 from typing import Any
@@ -143,6 +149,9 @@ class Buffer:
     size: jax.Array  # slots filled so far
 
 
+ACTOR_METRICS = ("actor_loss", "alpha_loss", "entropy", "actor_grad_norm")
+
+
 @struct.dataclass
 class TrainState:
     params: Params
@@ -152,6 +161,7 @@ class TrainState:
     actor_opt: Any
     critic_opt: Any
     alpha_opt: Any
+    actor_metrics: dict  # ACTOR_METRICS of the last delayed step, reported again until the next
     buffer: Buffer
     env_state: Any
     obs: jax.Array  # (num_envs, obs_dim)
@@ -328,6 +338,20 @@ def check(config: Config) -> None:
         )
 
 
+@jax.custom_batching.custom_vmap
+def _any_member(flag):
+    """``flag``; under vmap, whether any member's flag is set, unbatched. A ``lax.cond`` on a
+    batched predicate becomes a select that runs both branches every step; on this one it
+    still skips the delayed branch when no member is at its delayed step."""
+    return flag
+
+
+@_any_member.def_vmap
+def _any_member_vmap(axis_size, in_batched, flag):
+    (batched,) = in_batched
+    return _any_member(flag.any(0) if batched else flag), False  # again, for an outer vmap
+
+
 def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
     obs_shape = env.observation_space(env_params).shape
     space = env.action_space(env_params)
@@ -374,6 +398,7 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
         actor_opt=optax.adam(config.actor_lr).init(params.actor),
         critic_opt=optax.adam(config.critic_lr).init(params.critic),
         alpha_opt=optax.adam(config.alpha_lr).init(params.log_alpha),
+        actor_metrics={name: jnp.zeros(()) for name in ACTOR_METRICS},
         buffer=buffer_init(config.buffer_size, example),
         env_state=env_state,
         obs=obs,
@@ -455,49 +480,76 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         (loss_q, (sigma_ema, q, sigma)), critic_grads = jax.value_and_grad(
             critic_objective, has_aux=True
         )(params.critic)
-        (loss_pi, log_prob), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-            params.actor, params, batch["obs"], actor_key, config
-        )
-        loss_alpha, alpha_grad = jax.value_and_grad(alpha_loss)(
-            params.log_alpha, log_prob, target_entropy
-        )
-
-        # Every gradient above was taken before any step, as in the authors' code.
         updates, critic_opt = critic_optimizer.update(critic_grads, state.critic_opt)
         critic_params = optax.apply_updates(params.critic, updates)
-        updates, actor_opt = actor_optimizer.update(actor_grads, state.actor_opt)
-        actor_params = optax.apply_updates(params.actor, updates)
-        updates, alpha_opt = alpha_optimizer.update(alpha_grad, state.alpha_opt)
-        log_alpha = optax.apply_updates(params.log_alpha, updates)
+
+        # The delayed part. Its gradients, too, are taken before any step (params holds the
+        # critics before this step's update), as in the authors' code.
+        kept = {
+            "actor": params.actor,
+            "actor_opt": state.actor_opt,
+            "log_alpha": params.log_alpha,
+            "alpha_opt": state.alpha_opt,
+            "target_actor": state.target_actor,
+            "target_critic": state.target_critic,
+            "actor_metrics": state.actor_metrics,
+        }
         delayed = state.gradient_step % config.policy_delay == 0
-        delayed_part = (actor_params, actor_opt, log_alpha, alpha_opt)
-        current_part = (params.actor, state.actor_opt, params.log_alpha, state.alpha_opt)
-        actor_params, actor_opt, log_alpha, alpha_opt = jax.tree.map(
-            lambda new, old: jnp.where(delayed, new, old), delayed_part, current_part
+
+        def move(kept):
+            (loss_pi, log_prob), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+                params.actor, params, batch["obs"], actor_key, config
+            )
+            loss_alpha, alpha_grad = jax.value_and_grad(alpha_loss)(
+                params.log_alpha, log_prob, target_entropy
+            )
+            updates, actor_opt = actor_optimizer.update(actor_grads, state.actor_opt)
+            actor_params = optax.apply_updates(params.actor, updates)
+            updates, alpha_opt = alpha_optimizer.update(alpha_grad, state.alpha_opt)
+            moved = {
+                "actor": actor_params,
+                "actor_opt": actor_opt,
+                "log_alpha": optax.apply_updates(params.log_alpha, updates),
+                "alpha_opt": alpha_opt,
+                "target_actor": optax.incremental_update(
+                    actor_params, state.target_actor, config.tau
+                ),
+                "target_critic": optax.incremental_update(
+                    critic_params, state.target_critic, config.tau
+                ),
+                "actor_metrics": {
+                    "actor_loss": loss_pi,
+                    "alpha_loss": loss_alpha,
+                    "entropy": -log_prob.mean(),
+                    "actor_grad_norm": optax.tree.norm(actor_grads),
+                },
+            }
+            # Under vmap another member's delayed step may bring a member here: it keeps its own.
+            return jax.tree.map(lambda m, k: jnp.where(delayed, m, k), moved, kept)
+
+        new = jax.lax.cond(_any_member(delayed), move, lambda kept: kept, kept)
+        params = params.replace(
+            critic=critic_params, actor=new["actor"], log_alpha=new["log_alpha"]
         )
-        params = params.replace(critic=critic_params, actor=actor_params, log_alpha=log_alpha)
-        tau = jnp.where(delayed, config.tau, 0.0)
         state = state.replace(
             params=params,
-            target_actor=optax.incremental_update(actor_params, state.target_actor, tau),
-            target_critic=optax.incremental_update(critic_params, state.target_critic, tau),
+            target_actor=new["target_actor"],
+            target_critic=new["target_critic"],
             sigma_ema=sigma_ema,
-            actor_opt=actor_opt,
+            actor_opt=new["actor_opt"],
             critic_opt=critic_opt,
-            alpha_opt=alpha_opt,
+            alpha_opt=new["alpha_opt"],
+            actor_metrics=new["actor_metrics"],
             gradient_step=state.gradient_step + 1,
         )
         metrics = {
             "critic_loss": loss_q,
-            "actor_loss": loss_pi,
-            "alpha_loss": loss_alpha,
             "alpha": alpha,
-            "entropy": -log_prob.mean(),
             "q_mean": q.mean(),
             "sigma_mean": sigma.mean(),
             "sigma_ema": sigma_ema.mean(),
             "grad_norm": optax.tree.norm(critic_grads),
-            "actor_grad_norm": optax.tree.norm(actor_grads),
+            **new["actor_metrics"],
         }
         return state, metrics
 

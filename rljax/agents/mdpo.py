@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import struct
 from flax.linen.initializers import constant, orthogonal
+from jax.flatten_util import ravel_pytree
 
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
@@ -43,6 +44,8 @@ PAPER = 'Tomar et al., "Mirror Descent Policy Optimization", ICLR 2022'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
+# The info entries a rollout keeps: the episode statistics that _episode_metrics reads.
+EPISODE_STATISTICS = ("returned_episode", "returned_episode_returns", "returned_episode_lengths")
 
 
 def _field(default, *, static=False, bounds=None, choices=None, doc):
@@ -134,7 +137,7 @@ class Transition(NamedTuple):
     value: jax.Array
     log_prob: jax.Array
     next_obs: jax.Array  # the observation after the action, before any auto-reset
-    info: dict
+    info: dict  # the episode statistics among the env's info
 
 
 # --- Networks ---
@@ -184,6 +187,23 @@ def _network(config: Config, action_space) -> ActorCritic:
 def _optimizer(config: Config, lr) -> optax.GradientTransformation:
     # Hyperparameters enter as (possibly traced) values, so a sweep over them compiles once.
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+def _action_noise(key: jax.Array, params: Params, num_envs: int) -> jax.Array:
+    """The noise that ``pi.sample(seed=key)`` draws for a batch of num_envs actions: Gumbel
+    noise on the logits if discrete, standard normal noise if continuous."""
+    if params.discrete:
+        return jax.random.gumbel(key, (num_envs, params.action_dim))
+    return jax.random.normal(key, (num_envs, params.action_dim))
+
+
+def _sample(pi, noise: jax.Array) -> jax.Array:
+    """``pi.sample(seed=key)`` from ``_action_noise(key, ...)``, so that a rollout can draw all
+    its noise before its loop: the same numbers (tests/test_ppo.py), though inside a loop XLA
+    may fuse a continuous action's multiply-add differently (a difference of float rounding)."""
+    if isinstance(pi, distrax.Categorical):
+        return jnp.argmax(noise + pi.logits, axis=-1).astype(jnp.int32)
+    return noise * pi.scale_diag + pi.loc
 
 
 # --- Pure functions ---
@@ -266,7 +286,7 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
     network = _network(config, env.action_space(env_params))
     net = network.init(net_key, jnp.zeros(obs_shape))
     params = Params(net, int(network.action_dim), network.discrete)
-    opt_state = _optimizer(config, config.lr).init(params.net)
+    opt_state = _optimizer(config, config.lr).init(ravel_pytree(params.net)[0])
     reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
     obs, env_state = reset(jax.random.split(env_key, config.num_envs), env_params)
     return TrainState(params, opt_state, env_state, obs, rng, jnp.zeros((), jnp.int32))
@@ -278,25 +298,32 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
 
     # --- Rollout ---
-    def env_step(carry, _):
-        env_state, obs, rng = carry
+    # Its randomness is drawn before its loop, each kind in one batched call: the numbers of
+    # splitting and sampling step by step, without a threefry call per step (on a CPU, a rolled
+    # loop of small kernels each).
+    def split(rng, _):
         rng, action_key, step_key = jax.random.split(rng, 3)
+        return rng, (action_key, step_key)
+
+    rng, (action_keys, step_keys) = jax.lax.scan(split, state.rng, None, config.num_steps)
+    noise = jax.vmap(lambda key: _action_noise(key, state.params, config.num_envs))(action_keys)
+    env_keys = jax.vmap(lambda key: jax.random.split(key, config.num_envs))(step_keys)
+
+    def env_step(carry, noise_and_keys):
+        env_state, obs = carry
+        noise, keys = noise_and_keys
         pi, value = network.apply(state.params.net, obs)
-        action = pi.sample(seed=action_key)
-        step_keys = jax.random.split(step_key, config.num_envs)
+        action = _sample(pi, noise)
         next_obs, env_state, reward, terminated, truncated, info = step(
-            step_keys, env_state, action, env_params
+            keys, env_state, action, env_params
         )
-        next_obs_before_reset = info.pop("final_observation")
         transition = Transition(
             obs, action, reward, terminated, truncated, value, pi.log_prob(action),
-            next_obs_before_reset, info,
+            info["final_observation"], {k: info[k] for k in EPISODE_STATISTICS if k in info},
         )  # fmt: skip
-        return (env_state, next_obs, rng), transition
+        return (env_state, next_obs), transition
 
-    (env_state, obs, rng), traj = jax.lax.scan(
-        env_step, (state.env_state, state.obs, state.rng), None, config.num_steps
-    )
+    (env_state, obs), traj = jax.lax.scan(env_step, (state.env_state, state.obs), (noise, env_keys))
 
     # --- Advantages ---
     _, next_values = network.apply(state.params.net, traj.next_obs)
@@ -315,7 +342,12 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     optimizer = _optimizer(config, lr)
     t_k = tempered_step_size(config, state.update_step)
 
-    def loss_fn(params, batch):
+    # The optimizer steps one flat vector of the weights: Adam's and the clip's arithmetic as on
+    # the tree, in a few fused kernels instead of a few per weight array.
+    flat_params, unravel = ravel_pytree(state.params.net)
+
+    def loss_fn(flat_params, batch):
+        params = unravel(flat_params)
         obs, action, old_log_prob, old_value, advantages, targets = batch
         pi, value = network.apply(params, obs)
         old_pi, _ = network.apply(state.params.net, obs)  # pi_old: the params that collected traj
@@ -343,11 +375,11 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         (params, opt_state), losses = jax.lax.scan(minibatch_step, (params, opt_state), minibatches)
         return (params, opt_state, rng), losses
 
-    (params, opt_state, rng), losses = jax.lax.scan(
-        epoch, (state.params.net, state.opt_state, rng), None, config.update_epochs
+    (flat_params, opt_state, rng), losses = jax.lax.scan(
+        epoch, (flat_params, state.opt_state, rng), None, config.update_epochs
     )
 
-    params = state.params.replace(net=params)
+    params = state.params.replace(net=unravel(flat_params))
     state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
     metrics = {
         **jax.tree.map(jnp.mean, losses),

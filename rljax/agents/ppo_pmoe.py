@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from flax import struct
 from flax.linen.initializers import constant, orthogonal
+from jax.flatten_util import ravel_pytree
 
 LEARNS_FROM = "env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
@@ -43,6 +44,8 @@ PAPER = (
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
+# The info entries a rollout keeps: the episode statistics that _episode_metrics reads.
+EPISODE_STATISTICS = ("returned_episode", "returned_episode_returns", "returned_episode_lengths")
 
 
 def _field(default, *, static=False, bounds=None, choices=None, doc):
@@ -135,7 +138,7 @@ class Transition(NamedTuple):
     value: jax.Array
     log_prob: jax.Array
     next_obs: jax.Array  # the observation after the action, before any auto-reset
-    info: dict
+    info: dict  # the episode statistics among the env's info
 
 
 # --- Networks ---
@@ -336,7 +339,7 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
         q_net=q_network.init(q_key, dummy_obs, jnp.zeros(action_dim)),
         action_dim=action_dim,
     )
-    opt_state = _optimizer(config, config.lr).init((params.net, params.q_net))
+    opt_state = _optimizer(config, config.lr).init(ravel_pytree((params.net, params.q_net))[0])
     reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
     obs, env_state = reset(jax.random.split(env_key, config.num_envs), env_params)
     return TrainState(params, opt_state, env_state, obs, rng, jnp.zeros((), jnp.int32))
@@ -348,26 +351,33 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
 
     # --- Rollout ---
-    def env_step(carry, _):
-        env_state, obs, rng = carry
+    # Its keys are split before its loop, in one batched call each: the keys of splitting step
+    # by step, without a threefry call per step for them (on a CPU, a rolled loop of small
+    # kernels each). The mixture still draws its expert and noise inside the loop.
+    def split(rng, _):
         rng, action_key, step_key = jax.random.split(rng, 3)
+        return rng, (action_key, step_key)
+
+    rng, (action_keys, step_keys) = jax.lax.scan(split, state.rng, None, config.num_steps)
+    env_keys = jax.vmap(lambda key: jax.random.split(key, config.num_envs))(step_keys)
+
+    def env_step(carry, action_key_and_keys):
+        env_state, obs = carry
+        action_key, keys = action_key_and_keys
         mean, log_std, log_weights, value = network.apply(state.params.net, obs)
         action = sample_mixture(mean, log_std, log_weights, action_key)
-        step_keys = jax.random.split(step_key, config.num_envs)
         next_obs, env_state, reward, terminated, truncated, info = step(
-            step_keys, env_state, action, env_params
+            keys, env_state, action, env_params
         )
-        next_obs_before_reset = info.pop("final_observation")
         log_prob = mixture_log_prob(mean, log_std, log_weights, action)
         transition = Transition(
             obs, action, reward, terminated, truncated, value, log_prob,
-            next_obs_before_reset, info,
+            info["final_observation"], {k: info[k] for k in EPISODE_STATISTICS if k in info},
         )  # fmt: skip
-        return (env_state, next_obs, rng), transition
+        return (env_state, next_obs), transition
 
-    (env_state, obs, rng), traj = jax.lax.scan(
-        env_step, (state.env_state, state.obs, state.rng), None, config.num_steps
-    )
+    carry = (state.env_state, state.obs)
+    (env_state, obs), traj = jax.lax.scan(env_step, carry, (action_keys, env_keys))
 
     # --- Advantages ---
     next_values = network.apply(state.params.net, traj.next_obs)[3]
@@ -382,8 +392,12 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         lr = config.lr * (1.0 - state.update_step / config.num_updates)
     optimizer = _optimizer(config, lr)
 
-    def loss_fn(trainable, batch, rng):
-        net, q_net = trainable
+    # The optimizer steps one flat vector of both networks' weights: Adam's and the clip's
+    # arithmetic as on the tree, in a few fused kernels instead of a few per weight array.
+    flat_trainable, unravel = ravel_pytree((state.params.net, state.params.q_net))
+
+    def loss_fn(flat_trainable, batch, rng):
+        net, q_net = unravel(flat_trainable)
         obs, action, old_log_prob, old_value, advantages, targets = batch
         mean, log_std, log_weights, value = network.apply(net, obs)
         # Every expert proposes a fresh action; the auxiliary critic names the best for L_w.
@@ -419,12 +433,12 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         )
         return (trainable, opt_state, rng), losses
 
-    trainable = (state.params.net, state.params.q_net)
-    (trainable, opt_state, rng), losses = jax.lax.scan(
-        epoch, (trainable, state.opt_state, rng), None, config.update_epochs
+    (flat_trainable, opt_state, rng), losses = jax.lax.scan(
+        epoch, (flat_trainable, state.opt_state, rng), None, config.update_epochs
     )
 
-    params = state.params.replace(net=trainable[0], q_net=trainable[1])
+    net, q_net = unravel(flat_trainable)
+    params = state.params.replace(net=net, q_net=q_net)
     state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
     return state, metrics

@@ -52,6 +52,8 @@ PAPER = 'Schulman et al., "Proximal Policy Optimization Algorithms", arXiv 2017'
 
 # Agents vmap env.reset and env.step over this axis; wrappers may pool statistics over it.
 ENV_AXIS = "env"
+# The info entries a rollout keeps: the episode statistics that _episode_metrics reads.
+EPISODE_STATISTICS = ("returned_episode", "returned_episode_returns", "returned_episode_lengths")
 CELLS = ("gru", "lstm")
 
 
@@ -157,7 +159,7 @@ class Transition(NamedTuple):
     log_prob: jax.Array
     next_obs: jax.Array  # the observation after the action, before any auto-reset
     hidden: Any  # the cell's state after it read obs
-    info: dict
+    info: dict  # the episode statistics among the env's info
 
 
 # --- Networks ---
@@ -327,6 +329,8 @@ def rollout(config: Config, env, env_params, state: TrainState) -> tuple[TrainSt
     network = _network(config, env.action_space(env_params))
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
 
+    # Unlike ppo.py's rollout, this one draws its keys and noise step by step: at this file's
+    # default (a 128-wide GRU) drawing them before the loop measured ~3% slower on a CPU.
     def env_step(carry, _):
         env_state, obs, first, hidden, rng = carry
         rng, action_key, step_key = jax.random.split(rng, 3)
@@ -339,10 +343,10 @@ def rollout(config: Config, env, env_params, state: TrainState) -> tuple[TrainSt
         next_obs, env_state, reward, terminated, truncated, info = step(
             step_keys, env_state, action, env_params
         )
-        next_obs_before_reset = info.pop("final_observation")
         transition = Transition(
             obs, first, action, reward, terminated, truncated, value, log_prob,
-            next_obs_before_reset, hidden, info,
+            info["final_observation"], hidden,
+            {k: info[k] for k in EPISODE_STATISTICS if k in info},
         )  # fmt: skip
         next_first = jnp.logical_or(terminated, truncated)
         return (env_state, next_obs, next_first, hidden, rng), transition
@@ -434,6 +438,8 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         lr = config.lr * (1.0 - state.update_step / config.num_updates)
     optimizer = _optimizer(config, lr)
 
+    # The optimizer steps the tree of weights, not one flat vector as ppo.py's: with this file's
+    # ~130k weights, flattening measured ~8% slower on a CPU.
     def loss_fn(params, batch):
         hidden, (obs, first, action, old_log_prob, old_value, advantages, targets, complete) = batch
         _, pi, value = network.apply(params, hidden, obs, first)

@@ -385,8 +385,8 @@ def _check_dataset(config: Config, dataset) -> None:
 @jax.custom_batching.custom_vmap
 def _any_member(flag):
     """``flag``; under vmap, whether any member's flag is set, unbatched. A ``lax.cond`` on a
-    batched predicate becomes a select that runs both branches, and so the search, every step;
-    on this one it still skips the search when no member is at an actor step."""
+    batched predicate becomes a select that runs both branches every step; on this one it
+    still skips the delayed branch when no member is at its delayed step."""
     return flag
 
 

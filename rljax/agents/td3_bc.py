@@ -10,6 +10,12 @@ Fujimoto & Gu, "A Minimalist Approach to Offline Reinforcement Learning", NeurIP
     L_pi = -lambda mean Q_1(s, pi(s)) + mean((pi(s) - a)^2)   (every ``policy_freq`` steps)
     Qbar <- (1 - tau) Qbar + tau Q,  pibar <- (1 - tau) pibar + tau pi   (on actor steps only)
 
+The actor's step (its loss, gradient and Adam step) and both Polyak updates run inside a
+``lax.cond`` on whether any member is at its actor step (``_any_member``), so the other steps
+skip them, under vmap (seeds, sweeps) too, where a plain batched cond would run both branches.
+On those steps ``actor_loss``, ``bc_loss``, ``lambda`` and ``actor_grad_norm`` repeat the last
+actor step's values (zeros before the first), carried in the state as ``actor_metrics``.
+
 Observations are normalized by the dataset's statistics, ``(s - mu) / (sigma + 1e-3)``; the
 statistics live in ``Params`` so ``act`` applies them too. Actions are assumed in [-1, 1] (the
 D4RL convention; rescale a dataset's actions before training), the range of the tanh actor.
@@ -87,6 +93,9 @@ class Params:
     action_dim: int = struct.field(pytree_node=False, default=1)
 
 
+ACTOR_METRICS = ("actor_loss", "bc_loss", "lambda", "actor_grad_norm")
+
+
 @struct.dataclass
 class TrainState:
     params: Params
@@ -94,6 +103,7 @@ class TrainState:
     target_critic: Any
     actor_opt: Any
     critic_opt: Any
+    actor_metrics: dict  # ACTOR_METRICS of the last actor step, reported again until the next
     rng: jax.Array
     step: jax.Array  # gradient steps done so far
 
@@ -214,6 +224,20 @@ def _check_dataset(dataset) -> None:
         )
 
 
+@jax.custom_batching.custom_vmap
+def _any_member(flag):
+    """``flag``; under vmap, whether any member's flag is set, unbatched. A ``lax.cond`` on a
+    batched predicate becomes a select that runs both branches every step; on this one it
+    still skips the delayed branch when no member is at its delayed step."""
+    return flag
+
+
+@_any_member.def_vmap
+def _any_member_vmap(axis_size, in_batched, flag):
+    (batched,) = in_batched
+    return _any_member(flag.any(0) if batched else flag), False  # again, for an outer vmap
+
+
 def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     """Networks, optimizers and normalization statistics for ``dataset`` (an rljax Dataset)."""
     _check_dataset(dataset)
@@ -235,13 +259,15 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
         target_critic=params.critic,
         actor_opt=optax.adam(config.actor_lr).init(params.actor),
         critic_opt=optax.adam(config.critic_lr).init(params.critic),
+        actor_metrics={name: jnp.zeros(()) for name in ACTOR_METRICS},
         rng=rng,
         step=jnp.zeros((), jnp.int32),
     )
 
 
 def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One critic step; the actor and both targets move on every ``policy_freq``-th step."""
+    """One critic step; the actor and both targets move on every ``policy_freq``-th step (the
+    actor's metrics on the other steps are the last actor step's)."""
     params = state.params
     actor, _ = _networks(config, batch["actions"].shape[-1])
     batch = batch | {
@@ -262,44 +288,54 @@ def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[Tra
     params = params.replace(critic=optax.apply_updates(params.critic, updates))
 
     # Delayed actor and targets (TD3 counts steps from 1: the actor moves on steps 2, 4, ...).
-    (loss_pi, aux), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        params.actor, params.critic, batch, config
-    )
-    updates, actor_opt = optax.adam(config.actor_lr).update(actor_grads, state.actor_opt)
-    new_actor = optax.apply_updates(params.actor, updates)
-    moved = {
-        "actor": new_actor,
-        "actor_opt": actor_opt,
-        "target_actor": optax.incremental_update(new_actor, state.target_actor, config.tau),
-        "target_critic": optax.incremental_update(params.critic, state.target_critic, config.tau),
-    }
     kept = {
         "actor": params.actor,
         "actor_opt": state.actor_opt,
         "target_actor": state.target_actor,
         "target_critic": state.target_critic,
+        "actor_metrics": state.actor_metrics,
     }
     actor_step = (state.step + 1) % config.policy_freq == 0
-    # A select rather than lax.cond: a vmapped sweep turns a cond into a select anyway, and
-    # this way the actor's loss is a metric on every step.
-    new = jax.tree.map(lambda m, k: jnp.where(actor_step, m, k), moved, kept)
+
+    def move(kept):
+        (loss_pi, aux), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+            params.actor, params.critic, batch, config
+        )
+        updates, actor_opt = optax.adam(config.actor_lr).update(actor_grads, state.actor_opt)
+        new_actor = optax.apply_updates(params.actor, updates)
+        moved = {
+            "actor": new_actor,
+            "actor_opt": actor_opt,
+            "target_actor": optax.incremental_update(new_actor, state.target_actor, config.tau),
+            "target_critic": optax.incremental_update(
+                params.critic, state.target_critic, config.tau
+            ),
+            "actor_metrics": {
+                "actor_loss": loss_pi,
+                "bc_loss": aux["bc_loss"],
+                "lambda": aux["lambda"],
+                "actor_grad_norm": optax.tree.norm(actor_grads),
+            },
+        }
+        # Under vmap another member's actor step may bring a member here: it keeps its own.
+        return jax.tree.map(lambda m, k: jnp.where(actor_step, m, k), moved, kept)
+
+    new = jax.lax.cond(_any_member(actor_step), move, lambda kept: kept, kept)
     state = state.replace(
         params=params.replace(actor=new["actor"]),
         target_actor=new["target_actor"],
         target_critic=new["target_critic"],
         actor_opt=new["actor_opt"],
         critic_opt=critic_opt,
+        actor_metrics=new["actor_metrics"],
         rng=rng,
         step=state.step + 1,
     )
     metrics = {
         "critic_loss": loss_q,
-        "actor_loss": loss_pi,
-        "bc_loss": aux["bc_loss"],
-        "lambda": aux["lambda"],
         "q_mean": q_mean,
         "grad_norm": optax.tree.norm(critic_grads),
-        "actor_grad_norm": optax.tree.norm(actor_grads),
+        **new["actor_metrics"],
     }
     return state, metrics
 
@@ -380,7 +416,7 @@ if __name__ == "__main__":
     state, metrics = jax.jit(lambda key: train(config, dataset, key))(jax.random.PRNGKey(1))
     print(f"TD3+BC on {episodes} noisy swing-up episodes of Pendulum-v1: "
           f"{config.total_updates} updates in {time.time() - start:.1f}s")  # fmt: skip
-    for i in np.linspace(0, config.total_updates - 1, 5).astype(int):
+    for i in np.linspace(1, config.total_updates - 1, 5).astype(int):
         losses = {k: float(metrics[k][i]) for k in ("critic_loss", "bc_loss", "q_mean")}
         print(f"  update {i + 1:>6d}  " + "  ".join(f"{k} {v:.3f}" for k, v in losses.items()))
     greedy = lambda o, _: act(config, state.params, o, None, deterministic=True)  # noqa: E731

@@ -116,32 +116,37 @@ def train(
         loop_start = last_checkpoint = time.perf_counter()
         try:
             with StopSignals() as stop:
+                running = chunk_fn(program.stacked, state) if done < num_updates else None
                 for first in range(done, num_updates, per_chunk):
-                    state, metrics, finite = chunk_fn(program.stacked, state)
+                    state, metrics, finite = running
                     metrics, finite = gather((metrics, finite))
                     updates = np.arange(first + 1, first + per_chunk + 1)
-                    log.append(_rows(program.members, owned, updates, steps_per_update, metrics))
-                    for sink in sinks:
-                        sink.write(updates * steps_per_update, metrics)
-                    _guard(
-                        program,
-                        failures,
-                        first_failures(metrics, updates, finite),
-                        checkpoints,
-                        say,
-                    )
+                    found = first_failures(metrics, updates, finite)
                     done = first + per_chunk
-                    if on_chunk is not None:
-                        on_chunk(done, state)
                     now = time.perf_counter()
                     stopping, due = any_process(
                         np.array(
                             [stop.received is not None, now - last_checkpoint >= checkpoint_seconds]
                         )
                     )
-                    if stopping or due or done == num_updates:
+                    saving = stopping or due or done == num_updates
+                    # The next chunk runs while the host logs this one, unless something must
+                    # read this chunk's state first (it donates the state it takes).
+                    diverging = len(failures.keys() | found.keys()) == members
+                    overlap = not (saving or diverging or on_chunk) and done < num_updates
+                    if overlap:
+                        running = chunk_fn(program.stacked, state)
+                    log.append(_rows(program.members, owned, updates, steps_per_update, metrics))
+                    for sink in sinks:
+                        sink.write(updates * steps_per_update, metrics)
+                    _guard(program, failures, found, checkpoints, say)
+                    if on_chunk is not None:
+                        on_chunk(done, state)
+                    if saving:
                         checkpoints.save(done, state)
                         last_checkpoint = now
+                    if not overlap and done < num_updates and not stopping:
+                        running = chunk_fn(program.stacked, state)
                     members_steps = members * steps_per_update * (done - resumed_at)
                     steps_per_second = members_steps / (now - loop_start)
                     eta = (num_updates - done) * (now - loop_start) / (done - resumed_at)
