@@ -254,6 +254,29 @@ def test_episode_metrics_without_episode_statistics():
     assert one("_episode_metrics")({"other": jnp.zeros(3)}) == {}
 
 
+def test_rollouts_keep_every_entry_the_episode_metrics_read():
+    """The policy-gradient rollouts keep only ``EPISODE_STATISTICS`` of the env's info: one tuple
+    in every file, and ``_episode_metrics`` reads nothing else (an info cut to it gives the same
+    metrics as the whole info)."""
+    holders = [name for name in ALL if hasattr(module(name), "EPISODE_STATISTICS")]
+    assert {"ppo", "mdpo", "dpo", "lpo", "pdppo", "ppo_rnn", "ppo_pmoe"} <= set(holders)
+    kept = {module(name).EPISODE_STATISTICS for name in holders}
+    assert len(kept) == 1
+    rng = np.random.default_rng(2)
+    info = {
+        "returned_episode": jnp.asarray(rng.random((8, 4)) < 0.3),
+        "returned_episode_returns": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
+        "returned_episode_lengths": jnp.asarray(rng.integers(1, 500, (8, 4)), jnp.int32),
+        "discount": jnp.ones((8, 4)),
+        "terminated": jnp.zeros((8, 4), bool),
+    }
+    (statistics,) = kept
+    cut = {k: info[k] for k in statistics}
+    assert jax.tree.all(
+        jax.tree.map(np.array_equal, one("_episode_metrics")(cut), one("_episode_metrics")(info))
+    )
+
+
 # --- Config fields ---
 
 
