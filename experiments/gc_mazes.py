@@ -12,20 +12,23 @@ GC-5: 1M gradient steps, batch 1024, 3x512 networks, 8 seeds). ``--updates``, ``
 """
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from rljax import agents as rljax_agents
 from rljax.generate import mazes
 from rljax.runner import results
 from rljax.runner.loop import train
 from rljax.runner.spec import RunSpec
 
-AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota")
+AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota", "smore", "hilp", "beso")
 # OGBench's pointmaze overrides (impls/hyperparameters.sh, spec GC-4); on stitch datasets every
-# agent's actor also takes random goals half the time (spec GC-1).
+# agent's actor that is trained towards goals also takes random goals half the time (spec GC-1;
+# HILP's skill actor is trained towards random skills, not goals).
 OVERRIDES = {"gciql": {"alpha": 0.003}, "qrl": {"alpha": 0.0003}, "crl": {"alpha": 0.03}}
 STITCH = {"actor_p_trajgoal": 0.5, "actor_p_randomgoal": 0.5}
 # OGBench paper, success %, mean +- std over 8 seeds (spec GC-5); navigate datasets only.
@@ -34,6 +37,11 @@ PUBLISHED = {
     "large-navigate": {"gcbc": 29, "gcivl": 45, "gciql": 34, "qrl": 86, "crl": 39, "hiql": 58},
     "giant-navigate": {"gcbc": 1, "gcivl": 0, "gciql": 0, "qrl": 68, "crl": 27, "hiql": 46},
 }
+
+
+def stitch_fields(algo: str) -> dict:
+    fields = {f.name for f in dataclasses.fields(rljax_agents.get(algo).Config)}
+    return {k: v for k, v in STITCH.items() if k in fields}
 
 
 def main():
@@ -66,7 +74,7 @@ def main():
                     "hidden_sizes": hidden,
                     **({"latent_dim": args.latent} if algo in ("qrl", "crl") else {}),
                     **OVERRIDES.get(algo, {}),
-                    **(STITCH if kind == "stitch" else {}),
+                    **(stitch_fields(algo) if kind == "stitch" else {}),
                 }
                 spec = RunSpec(
                     algo=algo,

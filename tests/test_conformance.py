@@ -100,6 +100,14 @@ FIXTURES = {
     "qrl": offline("walks", GC | dict(latent_dim=8, dim_per_component=4), goal_conditioned=True),
     "crl": offline("walks", GC | dict(latent_dim=8), goal_conditioned=True),
     "hiql": offline("walks", GC | dict(rep_dim=4, subgoal_steps=4), goal_conditioned=True),
+    "beso": offline("walks", GC | dict(window=2), goal_conditioned=True),
+    "hilp": offline(
+        "walks",
+        GC
+        | dict(skill_dim=4, planning_num_recursions=2, planning_num_states=16, planning_num_knns=4),
+        goal_conditioned=True,
+    ),
+    "smore": offline("walks", GC, goal_conditioned=True),
     "ota": offline(
         "walks",
         GC | dict(rep_dim=4, subgoal_steps=4, abstraction_factor=2),

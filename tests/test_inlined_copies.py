@@ -27,7 +27,7 @@ from rljax import agents
 
 ALL = sorted(agents.ALGORITHMS)
 POLICY_GRADIENT = ["dpo", "lpo", "mdpo", "pdppo", "ppo", "ppo_pmoe", "ppo_rnn"]
-GOAL_CONDITIONED = ["crl", "gcbc", "gciql", "gcivl", "hiql", "ota", "qrl"]
+GOAL_CONDITIONED = ["crl", "gcbc", "gciql", "gcivl", "hiql", "ota", "qrl", "smore"]
 HIERARCHICAL = ["hiql", "ota"]
 DQN = ["c51", "qr_dqn", "stock_dqn"]
 SAC = ["dsac_t", "sac"]
@@ -42,6 +42,7 @@ COPIES = {
     "gae": [POLICY_GRADIENT],
     "ppo_loss": [["ppo", "ppo_rnn"]],  # its hand-computed case: tests/test_ppo.py
     "egae": [["ppo", "ppo_rnn"]],  # its hand-computed cases: tests/test_egae.py
+    "monte_carlo": [["pdppo", "ppo"]],  # its hand-computed case: tests/test_pdppo.py
     "weighted_value_loss": [["ppo", "ppo_rnn"]],  # by hand: tests/test_egae.py, test_ggd.py
     "_episode_metrics": [ONLINE],
     "router_loss": [["ppo_pmoe", "sac_pmoe"]],  # its hand-computed case: tests/test_pmoe.py
@@ -58,8 +59,8 @@ COPIES = {
     "sample_action": [SAC_FAMILY, ["cql", "edac"]],
     "alpha_loss": [["cql", "edac", *SAC_FAMILY]],
     "check": [GOAL_CONDITIONED, DQN, SAC, ["dpo", "mdpo", "pdppo", "ppo"]],
-    "trajectory_ends": [GOAL_CONDITIONED],
-    "sample_goals": [GOAL_CONDITIONED],
+    "trajectory_ends": [[*GOAL_CONDITIONED, "hilp", "beso"]],
+    "sample_goals": [[*GOAL_CONDITIONED, "hilp", "beso"]],
     "unit_gaussian_log_prob": [["crl", "hiql", "ota", "qrl"]],
     "ddpg_bc_loss": [["crl", "qrl"]],
     "awr_weight": [HIERARCHICAL],
@@ -69,8 +70,8 @@ COPIES = {
     "_any_member_vmap": [["a2pr", "dsac_t", "prdc", "td3_bc"]],
     "_cat": [HIERARCHICAL],
     "_pick": [["ppo_pmoe", "sac_pmoe"]],
-    "_check_dataset": [["gcbc", "gcivl"]],
-    "_dense": [["gcbc", "gciql", "gcivl", "hiql", "ota"]],
+    "_check_dataset": [["gcbc", "gcivl", "smore"]],
+    "_dense": [["gcbc", "gciql", "gcivl", "hilp", "hiql", "ota", "smore"]],
     "_mlp": [SAC_FAMILY, ["a2pr", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"]],
     "_network": [["dpo", "lpo", "mdpo", "ppo"]],
     "_networks": [["a2pr", "cql", "prdc", "td3_bc"], SAC, HIERARCHICAL],
@@ -80,7 +81,9 @@ COPIES = {
     # The rollout's noise drawn ahead; that it samples as pi.sample: tests/test_ppo.py.
     "_action_noise": [["dpo", "lpo", "mdpo", "ppo"]],
     "_sample": [["dpo", "lpo", "mdpo", "pdppo", "ppo"]],
-    "_policy": [["gcbc", "gciql", "gcivl"]],
+    "_policy": [["gcbc", "gciql", "gcivl", "smore"]],
+    "_value": [["gciql", "smore"]],
+    "_critic": [["gciql", "smore"]],
     "_support": [["c51", "stock_dqn"]],
     "goal_representation": [HIERARCHICAL],
     "values": [HIERARCHICAL],
@@ -94,11 +97,11 @@ COPIES = {
     "_observation_stats": [["a2pr", "prdc", "td3_bc"]],
     "_torch_init": [["edac", "rebrac"]],
     "_uniform": [["edac", "ppo_pmoe", "rebrac", "riql", "sac_pmoe"]],
-    "gaussian_log_prob": [["fdvl", "iql", "odice"]],
+    "gaussian_log_prob": [["fdvl", "hilp", "iql", "odice"]],
     "episode_returns": [["fdvl", "iql", "odice", "riql"]],
     "_reward_transform": [["fdvl", "iql", "riql"]],
     "actor_learning_rate": [["fdvl", "iql", "riql"]],
-    "expectile_loss": [["iql", "riql"]],
+    "expectile_loss": [["iql", "riql", "smore"]],
 }
 # The contract's names are the agent's own even where two files happen to agree.
 CONTRACT = {*agents.CONTRACT, "update_on_batch"}

@@ -1,5 +1,6 @@
-"""PDPPO: the combined advantage and the loss by hand, the contract, errors, learning. (Its GAE
-is an inlined copy, checked in tests/test_inlined_copies.py.)"""
+"""PDPPO: the combined advantage and the loss by hand, the contract, errors, learning; the
+authors' protocol: Monte-Carlo returns by hand, full-batch epochs, one optimizer per network.
+(Its GAE and Monte-Carlo returns are inlined copies, checked in tests/test_inlined_copies.py.)"""
 
 import json
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from rljax import cli, envs
@@ -26,8 +28,10 @@ PRE_TARGETS = PRE_ADVANTAGES + VALUES  # (0, 2, -1)
 POST_REWARDS, POST_VALUES = np.array([-1.0, 0.0, -2.0]), np.array([0.5, -1.0, 0.0])
 
 
-def combine(advantage, done):
-    config = pdppo.Config(advantage=advantage, gamma=0.5, gae_lambda=1.0)
+def combine(advantage, done, estimator="gae"):
+    config = pdppo.Config(
+        advantage=advantage, advantage_estimator=estimator, gamma=0.5, gae_lambda=1.0
+    )
     columns = (PRE_ADVANTAGES, PRE_TARGETS, VALUES, POST_REWARDS, POST_VALUES, np.array(done))
     args = [jnp.asarray(x)[:, None] for x in columns]
     return [np.asarray(x) for x in jax.jit(pdppo.combine_advantages)(*args, config)]
@@ -61,6 +65,59 @@ def test_combined_advantages_by_hand():
     # After step 1: A^x = (-1 - 0.5 (-1) - 0.5 + 0.5 A^x_1, 0 + 1, -2) = (-1.5, 1, -2).
     _, _, targets, _ = combine("max", [False, True, False])
     np.testing.assert_allclose(targets[:, 0, 1], [-1.0, 0.0, -2.0])
+
+
+def test_combined_advantages_with_monte_carlo_returns():
+    """The post-decision trace as Monte-Carlo returns is GAE's with lambda 1 and no bootstrap at
+    the episode's and the rollout's ends: the hand case above, whichever critics combine."""
+    for advantage in ("max", "min", "pre"):
+        for done in ([False, False, False], [True, False, False], [False, True, False]):
+            for got, want in zip(
+                combine(advantage, done, "monte_carlo"), combine(advantage, done), strict=True
+            ):
+                np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# --- Monte-Carlo returns (the authors' estimator; its copy in ppo.py is this text) ---
+
+
+def test_monte_carlo_returns_by_hand():
+    """Five steps, gamma 0.5, rewards (1, 2, 3, 4, 5), V = (0.5, 1, 1.5, 2, 2.5), V(s') = (10,
+    20, 30, 40, 50). Env 0: a termination at step 1 (no bootstrap: G_1 = 2, G_0 = 1 + 0.5 * 2),
+    a truncation at step 3 (bootstraps: G_3 = 4 + 0.5 * 40 = 24, G_2 = 3 + 0.5 * 24 = 15), and
+    the rollout cut after step 4 (no bootstrap, as the authors: G_4 = 5). Env 1: step 3 both
+    terminated and truncated: no bootstrap (G_3 = 4, G_2 = 5). A = G - V; the same under jit and
+    vmap over envs."""
+    column = np.array([1.0, 2, 3, 4, 5], np.float32)
+    rewards, values = np.stack([column, column], 1), np.stack([column / 2, column / 2], 1)
+    next_values = 10 * rewards
+    terminated, truncated = np.zeros((5, 2), bool), np.zeros((5, 2), bool)
+    terminated[1] = truncated[3] = True
+    terminated[3, 1] = True
+    expected = np.array([[2.0, 2, 15, 24, 5], [2.0, 2, 5, 4, 5]]).T
+    args = (rewards, values, next_values, terminated, truncated, 0.5)
+    per_env = jax.vmap(pdppo.monte_carlo, in_axes=(1, 1, 1, 1, 1, None), out_axes=1)
+    for fn in (pdppo.monte_carlo, jax.jit(pdppo.monte_carlo), per_env):
+        advantages, targets = fn(*args)
+        np.testing.assert_allclose(targets, expected, rtol=1e-6)
+        np.testing.assert_allclose(advantages, expected - values, rtol=1e-6)
+
+
+def test_monte_carlo_is_gae_with_lambda_one_on_whole_episodes():
+    """When every episode ends inside the rollout (its last step terminates), the Monte-Carlo
+    returns are GAE's lambda-1 targets: random rollouts of 4 envs with terminations and
+    truncations."""
+    rng = np.random.default_rng(0)
+    shape = (30, 4)
+    rewards, values, next_values = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
+    terminated, truncated = rng.random(shape) < 0.1, rng.random(shape) < 0.1
+    terminated[-1] = True
+    # Within an episode the next state's value is the next step's, as in a rollout.
+    within = ~(terminated | truncated)
+    next_values[within] = np.roll(values, -1, axis=0)[within]
+    args = (rewards, values, next_values, terminated, truncated, 0.9)
+    for got, want in zip(pdppo.monte_carlo(*args), pdppo.gae(*args, 1.0), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_loss_by_hand():
@@ -153,6 +210,85 @@ def test_act(env):
     np.testing.assert_array_equal(act(config, params, obs, key), pi.sample(seed=key))
 
 
+# --- The authors' protocol: full-batch epochs, one optimizer per network ---
+
+
+def one_update(env, env_params):
+    """(config) -> init then one update: the initial and the updated state and the metrics;
+    jitted with the config an argument, so configs that differ in their rates share a program."""
+
+    def run(config, key):
+        state = pdppo.init(config, env, env_params, key)
+        return (state, *pdppo.update(config, env, env_params, state))
+
+    jitted = jax.jit(run)
+    return lambda config: jitted(config, jax.random.PRNGKey(0))
+
+
+def test_one_minibatch_epochs_are_full_batch_epochs(env, monkeypatch):
+    """num_minibatches=1 gives the authors' full-batch epochs: each epoch one gradient step on
+    the whole rollout. An update equals the one whose epochs take the rollout unpermuted (to
+    float rounding: the loss sums in another order), and 60 epochs are 60 Adam steps."""
+    env, env_params = env
+    config = pdppo.Config(
+        **TINY | dict(num_minibatches=1, update_epochs=60), advantage_estimator="monte_carlo"
+    )
+    _, state, metrics = one_update(env, env_params)(config)
+    (adam,) = [
+        x
+        for x in jax.tree.leaves(
+            state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+        )
+        if isinstance(x, optax.ScaleByAdamState)
+    ]
+    assert int(adam.count) == 60
+    monkeypatch.setattr(jax.random, "permutation", lambda key, n: jnp.arange(n))
+    _, in_order, in_order_metrics = one_update(env, env_params)(config)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(in_order), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], in_order_metrics["loss"], rtol=1e-4, atol=1e-6)
+
+
+def largest_moves(before, after):
+    """Per network ("actor", "critic", "post_critic"), the largest change of a weight."""
+    owners = pdppo._owners(before.params.net)
+    moves = jax.tree.map(
+        lambda x, y: float(jnp.abs(x - y).max()), before.params.net, after.params.net
+    )
+    largest = {}
+    for owner, move in zip(jax.tree.leaves(owners), jax.tree.leaves(moves), strict=True):
+        largest[owner] = max(largest.get(owner, 0.0), move)
+    return largest
+
+
+def test_separate_optimizers_step_each_network_at_its_rate(env):
+    """One update of one full-batch epoch from a fresh Adam, whose first step moves a weight by
+    lr |g| / (|g| + 1e-5): the largest move in each network is its learning rate, the actor's
+    lr, the critics' critic_lr. A zero rate freezes its networks and no other. One optimizer
+    moves all three at lr and ignores critic_lr, bit for bit."""
+    env, env_params = env
+    base = pdppo.Config(**TINY | dict(num_minibatches=1, update_epochs=1), anneal_lr=False)
+    separate = base.replace(separate_optimizers=True)
+
+    run = one_update(env, env_params)
+
+    moves = largest_moves(*run(separate.replace(lr=1e-3, critic_lr=1e-2))[:2])
+    np.testing.assert_allclose(
+        [moves["actor"], moves["critic"], moves["post_critic"]], [1e-3, 1e-2, 1e-2], rtol=1e-2
+    )
+    moves = largest_moves(*run(separate.replace(critic_lr=0.0))[:2])
+    assert moves["actor"] > 0 and moves["critic"] == moves["post_critic"] == 0
+    moves = largest_moves(*run(separate.replace(lr=0.0))[:2])
+    assert moves["actor"] == 0 and moves["critic"] > 0 and moves["post_critic"] > 0
+
+    single = run(base.replace(lr=1e-3, critic_lr=1e-2))
+    moves = largest_moves(*single[:2])
+    np.testing.assert_allclose(list(moves.values()), [1e-3] * 3, rtol=1e-2)
+    other = run(base.replace(lr=1e-3, critic_lr=5e-2))
+    for x, y in zip(jax.tree.leaves(single), jax.tree.leaves(other), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 class DropPostDecision(envs.lot_sizing.LotSizing):
     """Lot sizing without the post-decision info."""
 
@@ -166,6 +302,11 @@ def test_init_errors(env):
     with pytest.raises(ValueError, match=r"num_steps=50 must be a multiple of .*=100"):
         init(pdppo.Config(num_steps=50), env, env_params)
     init(pdppo.Config(num_steps=50, advantage="pre"), env, env_params)
+    with pytest.raises(ValueError, match=r"num_steps=50 must be a multiple of .*=100"):
+        init(pdppo.Config(num_steps=50, advantage="pre", advantage_estimator="monte_carlo"), env,
+             env_params)  # fmt: skip
+    with pytest.raises(ValueError, match=r"advantage_estimator='td' is not allowed"):
+        init(pdppo.Config(advantage_estimator="td"), env, env_params)
     cartpole, cartpole_params = envs.make("CartPole-v1")
     with pytest.raises(ValueError, match=r"MultiDiscrete action space"):
         init(pdppo.Config(), cartpole, cartpole_params)

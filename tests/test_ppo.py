@@ -1,4 +1,6 @@
-"""PPO: GAE and the loss against hand computations, determinism, sweeps, act, learning."""
+"""PPO: GAE and the loss against hand computations, determinism, sweeps, act, learning; the
+PDPPO authors' options: one optimizer per network, Monte-Carlo returns (by hand in
+tests/test_pdppo.py, whose copy is this text: tests/test_inlined_copies.py)."""
 
 from pathlib import Path
 
@@ -223,6 +225,87 @@ def test_init_rejects_bad_minibatches_and_image_observations():
     ppo.init(ppo.Config(), env, env_params, jax.random.PRNGKey(0))
 
 
+# --- The PDPPO authors' options ---
+
+
+@pytest.mark.parametrize(
+    "env_name, value_weighting", [("Pendulum-v1", "ggd"), ("CartPole-v1", "uniform")]
+)
+def test_separate_optimizers_lay_out_one_vector_per_network(env_name, value_weighting):
+    """With separate_optimizers the weights are two flat vectors: the actor's layers and
+    log_std, the critic's layers and the beta-head; back to the tree exactly. Without, one."""
+    env, env_params = envs.make(env_name)
+    config = ppo.Config(**TINY, value_weighting=value_weighting)
+    net = ppo.init(config, env, env_params, jax.random.PRNGKey(0)).params.net
+    layers = net["params"]
+    actor = [name for name in layers if name.startswith("actor") or name == "log_std"]
+
+    def size(names):
+        return sum(x.size for name in names for x in jax.tree.leaves(layers[name]))
+
+    vectors, unravel = ppo._flatten(config.replace(separate_optimizers=True), net)
+    assert set(vectors) == {"actor", "critic"}
+    assert vectors["actor"].size == size(actor)
+    assert vectors["critic"].size == size(set(layers) - set(actor))
+    assert ("log_std" in actor) == (env_name == "Pendulum-v1")
+    assert ("beta_head" in layers) == (value_weighting == "ggd")
+    jax.tree.map(np.testing.assert_array_equal, unravel(vectors), net)
+    vector, _ = ppo._flatten(config, net)
+    assert vector.shape == (size(layers),)
+
+
+def test_separate_optimizers_step_each_network_at_its_rate():
+    """One update of one full-batch epoch from a fresh Adam, whose first step moves a weight by
+    lr |g| / (|g| + 1e-5): the largest move in the actor is lr, in the critic critic_lr. A zero
+    rate freezes its network and not the other. One optimizer moves both at lr and ignores
+    critic_lr, bit for bit."""
+    env, env_params = envs.make("CartPole-v1")
+
+    @jax.jit
+    def one_update(config):
+        state = ppo.init(config, env, env_params, jax.random.PRNGKey(0))
+        return (state, *ppo.update(config, env, env_params, state))
+
+    def moves(config):
+        """The largest move of a weight in the actor and in the critic; the update and metrics."""
+        state, updated, metrics = one_update(config)
+        layers = state.params.net["params"]
+        change = jax.tree.map(lambda x, y: np.abs(x - y).max(), layers,
+                              updated.params.net["params"])  # fmt: skip
+        largest = {
+            network: max(
+                max(jax.tree.leaves(change[name])) for name in layers if name.startswith(network)
+            )
+            for network in ("actor", "critic")
+        }
+        return largest, updated, metrics
+
+    base = ppo.Config(**TINY | dict(num_minibatches=1, update_epochs=1), anneal_lr=False)
+    separate = base.replace(separate_optimizers=True)
+    largest, _, metrics = moves(separate.replace(lr=1e-3, critic_lr=1e-2))
+    np.testing.assert_allclose([largest["actor"], largest["critic"]], [1e-3, 1e-2], rtol=1e-2)
+    np.testing.assert_allclose([metrics["lr"], metrics["critic_lr"]], [1e-3, 1e-2])
+    largest, _, _ = moves(separate.replace(critic_lr=0.0))
+    assert largest["actor"] > 0 and largest["critic"] == 0
+    largest, _, _ = moves(separate.replace(lr=0.0))
+    assert largest["actor"] == 0 and largest["critic"] > 0
+
+    largest, single, _ = moves(base.replace(lr=1e-3, critic_lr=1e-2))
+    np.testing.assert_allclose([largest["actor"], largest["critic"]], [1e-3, 1e-3], rtol=1e-2)
+    _, other, _ = moves(base.replace(lr=1e-3, critic_lr=5e-2))
+    jax.tree.map(np.testing.assert_array_equal, single, other)
+
+
+def test_bad_advantage_estimator_raises():
+    """An unknown estimator, and EGAE (which extends GAE) with Monte-Carlo returns, are named."""
+    env, env_params = envs.make("CartPole-v1")
+    with pytest.raises(ValueError, match=r"advantage_estimator='td' is not allowed"):
+        ppo.init(ppo.Config(advantage_estimator="td"), env, env_params, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"egae=True .* needs advantage_estimator='gae'"):
+        config = ppo.Config(egae=True, advantage_estimator="monte_carlo")
+        ppo.init(config, env, env_params, jax.random.PRNGKey(0))
+
+
 # --- Learning ---
 
 
@@ -252,3 +335,18 @@ def test_ppo_learns_pendulum():
     config = config_lib.make_config(ppo.Config, preset["agent"])
     returns = final_returns(config, env, env_params, num_seeds=4, last=10)
     assert returns.mean() > -400, returns
+
+
+@pytest.mark.slow
+def test_ppo_learns_cartpole_with_the_pdppo_authors_options():
+    """Monte-Carlo returns (not bootstrapped at the rollout's cut) and one Adam per network
+    (critic_lr 1e-3), otherwise PureJaxRL's config, 1e5 steps: measured final returns 277, 381,
+    450, 402 (mean 378; the default config reaches 257 at this budget, a random policy about
+    22), in 32 s for the 4 seeds on 2 CPU cores. Asserts a mean above 250."""
+    env, env_params = envs.make("CartPole-v1")
+    config = ppo.Config(
+        advantage_estimator="monte_carlo", separate_optimizers=True, critic_lr=1e-3,
+        total_timesteps=100_000,
+    )  # fmt: skip
+    returns = final_returns(config, env, env_params, num_seeds=4)
+    assert returns.mean() > 250, returns

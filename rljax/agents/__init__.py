@@ -91,6 +91,9 @@ ALGORITHMS = {
     "qrl": "rljax.agents.qrl",
     "crl": "rljax.agents.crl",
     "hiql": "rljax.agents.hiql",
+    "beso": "rljax.agents.beso",
+    "hilp": "rljax.agents.hilp",
+    "smore": "rljax.agents.smore",
     "ota": "rljax.agents.ota",
     "harpg": "rljax.agents.harpg",
 }

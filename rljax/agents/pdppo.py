@@ -25,9 +25,31 @@ multiple of max_steps_in_episode, as in the paper (an update every 40 whole epis
 ``reward_scale`` scales r and r^x alike; a reward-normalizing wrapper would scale only r and
 break the comparison of the two advantages.
 
-Where the authors' code differs from ppo.py beyond the paper's change, we keep ppo.py: GAE
-(they use Monte-Carlo returns: gae_lambda=1 on whole episodes is the same), minibatches, one
-Adam for all networks (they use three), advantages normalized per minibatch, value clipping.
+The authors' protocol (their code, agents/PDPPO.py and PDPPOAgent.py; the spec's section 2)
+differs from ppo.py's in four ingredients, each an option here, so a comparison can change one
+at a time (configs/pdppo/authors_15x5.yaml sets all four):
+
+- ``advantage_estimator="monte_carlo"``: Monte-Carlo returns in place of GAE, for both critics,
+
+      G_t = r_t + gamma G_{t+1},  G^x_t = r^x_t + gamma G^x_{t+1},  restarted at each episode end;
+      A_t = G_t - V(s_t),  A^x_t = G^x_t - V^x(s^x_t),  R_t = G_t,  R^x_t = G^x_t
+
+  with G = 0 after a termination and past the rollout's last step (the authors bootstrap
+  nowhere; G = V(s'_t) after a truncation, which their env never has), so rollouts hold whole
+  episodes. On whole episodes it is GAE with gae_lambda=1, up to float rounding.
+- ``separate_optimizers=True``: one Adam per network, each clipping its own gradient: the actor
+  at ``lr``, the critic and the post-decision critic at ``critic_lr`` (their three Adams).
+- 60 full-batch epochs: ``num_minibatches=1, update_epochs=60``.
+- an update every 4000 steps, 40 whole episodes: ``num_envs=40, num_steps=100``.
+
+What stays ppo.py's, where their code differs: advantages normalized per minibatch (they do not
+normalize; a760530 normalizes the returns instead), value clipping and the 1/2 in the value
+loss, one joint ratio per action (they clip one ratio per machine), orthogonal init and one
+activation for all networks (their actor is ReLU, their critics tanh), rewards scaled by
+``reward_scale``. Their max-advantage code (bf3f368) also fits V to the returns of r - r^x
+(the stochastic costs alone) and trains each update on its last six rollouts (old
+log-probabilities kept), with 40 epochs, gamma 0.9 and an update every 400 steps; we follow
+the spec (4b36c77's 60 epochs, gamma 0.99, 4000 steps) and the paper's G = sum_k gamma^k r.
 """
 
 from typing import Any, NamedTuple
@@ -100,8 +122,20 @@ class Config:
         choices=("max", "min", "pre"),
         doc="how the two critics' advantages combine",
     )
+    advantage_estimator: str = _field(
+        "gae",
+        static=True,
+        choices=("gae", "monte_carlo"),
+        doc="GAE, or Monte-Carlo returns-to-go minus V (not bootstrapped at the rollout's end)",
+    )
+    separate_optimizers: bool = _field(
+        False, static=True, doc="one Adam per network: the actor at lr, the critics at critic_lr"
+    )
     lr: float = _field(
         1e-3, bounds="(0, inf)", doc="Adam learning rate (the initial one when annealed)"
+    )
+    critic_lr: float = _field(
+        1e-3, bounds="(0, inf)", doc="the critics' learning rate with separate_optimizers"
     )
     gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
     gae_lambda: float = _field(0.95, bounds="[0, 1]", doc="GAE lambda")
@@ -210,6 +244,30 @@ def _optimizer(config: Config, lr) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
+def _owners(net):
+    """The network each weight belongs to, as a tree like net's: "actor", "critic" or
+    "post_critic", read from its layer's name."""
+
+    owners = {}
+    for name, layer in net["params"].items():
+        owner = "post_critic" if name.startswith("post_critic") else name.split("_")[0]
+        owners[name] = jax.tree.map(lambda _, owner=owner: owner, layer)
+    return {"params": owners}
+
+
+def _optimizers(config: Config, lr, critic_lr) -> optax.GradientTransformation:
+    """One optimizer for all the weights at lr; with separate_optimizers one per network, each
+    clipping its own gradient: the actor's at lr, the two critics' at critic_lr."""
+    if not config.separate_optimizers:
+        return _optimizer(config, lr)
+    optimizers = {
+        "actor": _optimizer(config, lr),
+        "critic": _optimizer(config, critic_lr),
+        "post_critic": _optimizer(config, critic_lr),
+    }
+    return optax.multi_transform(optimizers, _owners)
+
+
 def _sample(pi, noise: jax.Array) -> jax.Array:
     """``pi.sample(seed=key)`` from ``_action_noise(key, ...)``, so that a rollout can draw all
     its noise before its loop: the same numbers (tests/test_ppo.py), though inside a loop XLA
@@ -244,6 +302,28 @@ def gae(rewards, values, next_values, terminated, truncated, gamma, lam):
     return advantages, advantages + values
 
 
+def monte_carlo(rewards, values, next_values, terminated, truncated, gamma):
+    """Monte-Carlo returns-to-go within the rollout, time-major (the PDPPO authors' estimator).
+
+    G_t = r_t + gamma G_{t+1}, restarted at each episode end: with 0 after a termination, with
+    V(s'_t) (``next_values``) after a truncation only; and with 0 past the rollout's last step,
+    as the authors (no bootstrap at the cut). Returns (advantages, targets) = (G - V, G).
+    """
+    terminated = terminated.astype(jnp.float32)
+    done = jnp.maximum(terminated, truncated.astype(jnp.float32))
+    bootstraps = (done - terminated) * next_values  # V(s') where truncated and not terminated
+
+    def backward(next_return, step):
+        reward, done, bootstrap = step
+        ret = reward + gamma * ((1.0 - done) * next_return + bootstrap)
+        return ret, ret
+
+    _, returns = jax.lax.scan(
+        backward, jnp.zeros_like(rewards[0]), (rewards, done, bootstraps), reverse=True, unroll=16
+    )
+    return returns - values, returns
+
+
 def critic_values(config: Config, value, post_value):
     """What the value loss fits, (..., critics): [V, V^x] ("max"), [min(V, V^x)] or [V]."""
     if config.advantage == "max":
@@ -254,15 +334,22 @@ def critic_values(config: Config, value, post_value):
 
 
 def combine_advantages(advantages, targets, values, post_rewards, post_values, done, config):
-    """The paper's change, time-major. The post-decision trace GAE(r^x, V^x) ends at every
-    episode end (done) and at the rollout's end, where the next post-decision state is unknown.
-    Returns the advantages the policy follows, the critics' old values and targets (last axis:
-    the critics of critic_values), and the fraction of steps where A^x > A."""
+    """The paper's change, time-major. The post-decision trace, GAE(r^x, V^x) or its Monte-Carlo
+    returns as the advantages' estimator, ends at every episode end (done) and at the rollout's
+    end, where the next post-decision state is unknown. Returns the advantages the policy
+    follows, the critics' old values and targets (last axis: the critics of critic_values), and
+    the fraction of steps where A^x > A."""
     ends = done.at[-1].set(True)
     next_post_values = jnp.concatenate([post_values[1:], jnp.zeros_like(post_values[:1])])
-    post_advantages, post_targets = gae(
-        post_rewards, post_values, next_post_values, ends, ends, config.gamma, config.gae_lambda
-    )
+    if config.advantage_estimator == "monte_carlo":
+        post_advantages, post_targets = monte_carlo(
+            post_rewards, post_values, next_post_values, ends, ends, config.gamma
+        )
+    else:
+        post_advantages, post_targets = gae(
+            post_rewards, post_values, next_post_values, ends, ends, config.gamma,
+            config.gae_lambda,
+        )  # fmt: skip
     post_wins = (post_advantages > advantages).mean()
     old_values = critic_values(config, values, post_values)
     if config.advantage == "max":
@@ -317,6 +404,11 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"PDPPO's MLP takes vector observations, got shape {obs_shape}; flatten them "
             "(rljax.envs.make(name, flatten_obs=True), or gymnax's FlattenObservationWrapper)"
         )
+    if config.advantage_estimator not in ("gae", "monte_carlo"):
+        raise ValueError(
+            f"advantage_estimator={config.advantage_estimator!r} is not allowed; choose one of "
+            "['gae', 'monte_carlo']"
+        )
     check(config)
     action_space = env.action_space(env_params)
     nvec = getattr(action_space, "nvec", None)
@@ -326,10 +418,12 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"(nvec), got {action_space}"
         )
     horizon = getattr(env_params, "max_steps_in_episode", None)
-    if config.advantage == "max" and horizon and config.num_steps % horizon:
+    whole_episodes = config.advantage == "max" or config.advantage_estimator == "monte_carlo"
+    if whole_episodes and horizon and config.num_steps % horizon:
         raise ValueError(
             f"num_steps={config.num_steps} must be a multiple of max_steps_in_episode={horizon}: "
-            "the post-decision returns end with each rollout, so rollouts hold whole episodes"
+            "the post-decision returns (advantage='max') and the Monte-Carlo returns end with "
+            "each rollout, so rollouts hold whole episodes"
         )
     rng, net_key, env_key = jax.random.split(rng, 3)
     reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
@@ -348,7 +442,7 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
     post_obs_shape = info["post_decision_obs"].shape[1:]
     net = network.init(net_key, jnp.zeros(obs_shape), jnp.zeros(post_obs_shape))
     params = Params(net, network.action_shape)
-    opt_state = _optimizer(config, config.lr).init(params.net)
+    opt_state = _optimizers(config, config.lr, config.critic_lr).init(params.net)
     return TrainState(params, opt_state, env_state, obs, rng, jnp.zeros((), jnp.int32))
 
 
@@ -394,10 +488,16 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     terminated = traj.terminated
     if config.truncation_as_termination:
         terminated = jnp.logical_or(terminated, traj.truncated)
-    advantages, targets = gae(
-        config.reward_scale * traj.reward, traj.value, next_values, terminated, traj.truncated,
-        config.gamma, config.gae_lambda,
-    )  # fmt: skip
+    if config.advantage_estimator == "monte_carlo":
+        advantages, targets = monte_carlo(
+            config.reward_scale * traj.reward, traj.value, next_values, terminated, traj.truncated,
+            config.gamma,
+        )  # fmt: skip
+    else:
+        advantages, targets = gae(
+            config.reward_scale * traj.reward, traj.value, next_values, terminated,
+            traj.truncated, config.gamma, config.gae_lambda,
+        )  # fmt: skip
     done = jnp.logical_or(traj.terminated, traj.truncated)
     advantages, old_values, targets, post_wins = combine_advantages(
         advantages, targets, traj.value, config.reward_scale * traj.post_reward, post_values,
@@ -405,10 +505,13 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     )  # fmt: skip
 
     # --- Minibatch epochs ---
-    lr = config.lr
+    lr, critic_lr = config.lr, config.critic_lr
     if config.anneal_lr:
-        lr = config.lr * (1.0 - state.update_step / config.num_updates)
-    optimizer = _optimizer(config, lr)
+        fraction = 1.0 - state.update_step / config.num_updates  # of the run still to come
+        lr = config.lr * fraction
+        if config.separate_optimizers:
+            critic_lr = config.critic_lr * fraction
+    optimizer = _optimizers(config, lr, critic_lr)
 
     # The optimizer steps the tree of weights, not one flat vector as ppo.py's: with this file's
     # ~100k weights, flattening measured ~2% slower on a CPU (the copies in and out cost more
@@ -449,6 +552,8 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
     metrics["post_advantage_wins"] = post_wins  # how often A^x > A, whichever advantage is used
+    if config.separate_optimizers:
+        metrics["critic_lr"] = critic_lr
     return state, metrics
 
 

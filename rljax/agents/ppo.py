@@ -51,6 +51,23 @@ m. BIV is as in IV-RL's code; the beta-head, alpha = 1, and the GGD variance as 
 UNVERIFIED readings of GGD, whose own refinements (bias reduction, kurtosis, the risk-averse
 weight) are not built. With ``egae`` too, BIV runs over the completed
 steps only.
+
+Two more options, off by default, reproduce the PPO of the PDPPO authors (Felizardo et al.,
+arXiv 2504.05150, github.com/leokan92/pdppo, after PPO-PyTorch), one ingredient at a time:
+
+``advantage_estimator="monte_carlo"``: their Monte-Carlo returns in place of GAE,
+
+    G_t = r_t + gamma G_{t+1},  restarted at each episode end;   A_t = G_t - V(s_t),  R_t = G_t
+
+with G = 0 after a termination, G = V(s'_t) after a truncation (a time limit; the authors' envs
+have none), and G = 0 past the rollout's last step, as the authors (no bootstrap at the cut:
+rollouts should hold whole episodes).
+
+``separate_optimizers=True``: one Adam for the actor at ``lr`` and one for the critic at
+``critic_lr``, each clipping its own gradient (their Adam's two parameter groups). The loss is
+the same; the actor's weights get only the policy and entropy terms' gradient, the critic's only
+the value loss's. Their 60 full-batch epochs are ``num_minibatches=1, update_epochs=60``, their
+update every 4000 steps ``num_envs * num_steps = 4000``.
 """
 
 from typing import Any, NamedTuple
@@ -125,8 +142,20 @@ class Config:
         choices=("uniform", "ggd"),
         doc="weights of the value loss's samples: uniform, or GGD's beta-head variance with BIV",
     )
+    advantage_estimator: str = _field(
+        "gae",
+        static=True,
+        choices=("gae", "monte_carlo"),
+        doc="GAE, or Monte-Carlo returns-to-go minus V (not bootstrapped at the rollout's end)",
+    )
+    separate_optimizers: bool = _field(
+        False, static=True, doc="one Adam for the actor at lr, one for the critic at critic_lr"
+    )
     lr: float = _field(
         2.5e-4, bounds="(0, inf)", doc="Adam learning rate (the initial one when annealed)"
+    )
+    critic_lr: float = _field(
+        2.5e-4, bounds="(0, inf)", doc="the critic's learning rate with separate_optimizers"
     )
     gamma: float = _field(0.99, bounds="[0, 1]", doc="discount factor gamma")
     gae_lambda: float = _field(0.95, bounds="[0, 1]", doc="GAE lambda")
@@ -239,6 +268,36 @@ def _optimizer(config: Config, lr) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
+def _flatten(config: Config, net):
+    """The weights as the optimizer steps them, and the function back to the tree: one flat
+    vector; with separate_optimizers one per network, {"actor": .., "critic": ..} (the actor's
+    layers and log_std; the critic's layers and the beta-head)."""
+    if not config.separate_optimizers:
+        return ravel_pytree(net)
+    groups = {"actor": {}, "critic": {}}
+    for name, layer in net["params"].items():
+        groups["actor" if name.startswith(("actor", "log_std")) else "critic"][name] = layer
+    raveled = {network: ravel_pytree(group) for network, group in groups.items()}
+
+    def unravel(vectors):
+        layers = {}
+        for network, (_, unravel_group) in raveled.items():
+            layers |= unravel_group(vectors[network])
+        return {"params": layers}
+
+    return {network: vector for network, (vector, _) in raveled.items()}, unravel
+
+
+def _optimizers(config: Config, lr, critic_lr) -> optax.GradientTransformation:
+    """The optimizer of the weights as _flatten lays them out: one for all at lr; with
+    separate_optimizers the actor's at lr and the critic's at critic_lr, each clipping its own
+    gradient."""
+    if not config.separate_optimizers:
+        return _optimizer(config, lr)
+    optimizers = {"actor": _optimizer(config, lr), "critic": _optimizer(config, critic_lr)}
+    return optax.multi_transform(optimizers, {"actor": "actor", "critic": "critic"})
+
+
 def _action_noise(key: jax.Array, params: Params, num_envs: int) -> jax.Array:
     """The noise that ``pi.sample(seed=key)`` draws for a batch of num_envs actions: Gumbel
     noise on the logits if discrete, standard normal noise if continuous."""
@@ -279,6 +338,28 @@ def gae(rewards, values, next_values, terminated, truncated, gamma, lam):
         backward, jnp.zeros_like(deltas[0]), (deltas, decays), reverse=True, unroll=16
     )
     return advantages, advantages + values
+
+
+def monte_carlo(rewards, values, next_values, terminated, truncated, gamma):
+    """Monte-Carlo returns-to-go within the rollout, time-major (the PDPPO authors' estimator).
+
+    G_t = r_t + gamma G_{t+1}, restarted at each episode end: with 0 after a termination, with
+    V(s'_t) (``next_values``) after a truncation only; and with 0 past the rollout's last step,
+    as the authors (no bootstrap at the cut). Returns (advantages, targets) = (G - V, G).
+    """
+    terminated = terminated.astype(jnp.float32)
+    done = jnp.maximum(terminated, truncated.astype(jnp.float32))
+    bootstraps = (done - terminated) * next_values  # V(s') where truncated and not terminated
+
+    def backward(next_return, step):
+        reward, done, bootstrap = step
+        ret = reward + gamma * ((1.0 - done) * next_return + bootstrap)
+        return ret, ret
+
+    _, returns = jax.lax.scan(
+        backward, jnp.zeros_like(rewards[0]), (rewards, done, bootstraps), reverse=True, unroll=16
+    )
+    return returns - values, returns
 
 
 def egae(rewards, values, next_values, terminated, truncated, gamma, lam):
@@ -401,6 +482,16 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
             f"value_weighting={config.value_weighting!r} is not allowed; choose one of "
             "['uniform', 'ggd']"
         )
+    if config.advantage_estimator not in ("gae", "monte_carlo"):
+        raise ValueError(
+            f"advantage_estimator={config.advantage_estimator!r} is not allowed; choose one of "
+            "['gae', 'monte_carlo']"
+        )
+    if config.egae and config.advantage_estimator != "gae":
+        raise ValueError(
+            "egae=True extends GAE: it needs advantage_estimator='gae', not "
+            f"{config.advantage_estimator!r}"
+        )
     check(config)
     rng, net_key, env_key = jax.random.split(rng, 3)
     network = _network(config, env.action_space(env_params))
@@ -408,7 +499,8 @@ def init(config: Config, env, env_params, rng: jax.Array) -> TrainState:
     network = network.clone(beta_head=config.value_weighting == "ggd")
     net = network.init(net_key, jnp.zeros(obs_shape))
     params = Params(net, int(network.action_dim), network.discrete)
-    opt_state = _optimizer(config, config.lr).init(ravel_pytree(params.net)[0])
+    optimizer = _optimizers(config, config.lr, config.critic_lr)
+    opt_state = optimizer.init(_flatten(config, params.net)[0])
     reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
     obs, env_state = reset(jax.random.split(env_key, config.num_envs), env_params)
     return TrainState(params, opt_state, env_state, obs, rng, jnp.zeros((), jnp.int32))
@@ -457,6 +549,11 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
             traj.reward, traj.value, next_values, terminated, traj.truncated,
             config.gamma, config.gae_lambda,
         )  # fmt: skip
+    elif config.advantage_estimator == "monte_carlo":
+        advantages, targets = monte_carlo(
+            traj.reward, traj.value, next_values, terminated, traj.truncated, config.gamma
+        )
+        complete = jnp.ones(targets.shape, bool)
     else:
         advantages, targets = gae(
             traj.reward, traj.value, next_values, terminated, traj.truncated,
@@ -465,15 +562,19 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         complete = jnp.ones(targets.shape, bool)
 
     # --- Minibatch epochs ---
-    lr = config.lr
+    lr, critic_lr = config.lr, config.critic_lr
     if config.anneal_lr:
-        lr = config.lr * (1.0 - state.update_step / config.num_updates)
-    optimizer = _optimizer(config, lr)
+        fraction = 1.0 - state.update_step / config.num_updates  # of the run still to come
+        lr = config.lr * fraction
+        if config.separate_optimizers:
+            critic_lr = config.critic_lr * fraction
+    optimizer = _optimizers(config, lr, critic_lr)
 
     ggd = config.value_weighting == "ggd"
-    # The optimizer steps one flat vector of the weights: Adam's and the clip's arithmetic as on
-    # the tree, in a few fused kernels instead of a few per weight array.
-    flat_params, unravel = ravel_pytree(state.params.net)
+    # The optimizer steps one flat vector of the weights (one per network with
+    # separate_optimizers): Adam's and the clip's arithmetic as on the tree, in a few fused
+    # kernels instead of a few per weight array.
+    flat_params, unravel = _flatten(config, state.params.net)
 
     def loss_fn(flat_params, batch):
         params = unravel(flat_params)
@@ -535,6 +636,8 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     params = state.params.replace(net=unravel(flat_params))
     state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
+    if config.separate_optimizers:
+        metrics["critic_lr"] = critic_lr
     return state, metrics
 
 
