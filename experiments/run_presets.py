@@ -52,11 +52,6 @@ def env_name(spec: dict) -> str:
     return spec.get("env", {}).get("name", "its dataset's")
 
 
-def device_name() -> str:
-    device = jax.devices()[0]
-    return f"{device.platform}: {device.device_kind}"
-
-
 def run_preset(path: Path, out: Path, dataset: str) -> dict:
     spec = yaml.safe_load(path.read_text())
     argv = ["train", spec["algo"], "--config", str(path)]
@@ -71,7 +66,7 @@ def run_preset(path: Path, out: Path, dataset: str) -> dict:
         "mean": float(finals.mean()),
         "finals": finals.round(3).tolist(),
         "wall_seconds": round(summary["wall_seconds"], 1),
-        "device": device_name(),
+        "device": "{backend}: {device_kind}".format(**summary["environment"]),
     }
 
 

@@ -381,7 +381,10 @@ def test_config_errors_are_named(fields, message):
 
 def test_traced_configs_pass_the_check():
     """Under jit the traced fields are skipped (the runner checks each concrete config)."""
-    jax.jit(lambda c: beso.check(c) or c.cond_lambda)(beso.Config(cond_lambda=-1.0))
+    traced = jax.jit(lambda c: beso.check(c) or c.cond_lambda)(beso.Config(cond_lambda=-1.0))
+    assert float(traced) == -1.0
+    with pytest.raises(ValueError, match="cond_lambda"):
+        beso.check(beso.Config(cond_lambda=-1.0))
 
 
 def test_dataset_errors_are_named():
