@@ -3,9 +3,9 @@
 Each agent trains with its paper's networks and batch size (CORL's: 256x256, batch 256; CQL
 and IQL as in their files) on a D4RL-sized dataset held on the device (``--rows`` transitions
 of hopper's shapes, 11-d observations and 3-d actions, random numbers: speed does not depend on
-the values). One seed, then ``--seeds`` seeds vmapped in one program. Each agent's ``update``
-samples its batch inside the jitted scan, as in the runner. Timing and memory as in
-benchmark_ppo.py.
+the values). One seed (unbatched, as the runner runs one member), then ``--seeds`` seeds vmapped
+in one program. Each agent's ``update`` samples its batch inside the jitted scan, as in the
+runner. Timing and memory as in benchmark_ppo.py.
 
 When td3_bc is among the agents, it is also timed against JAX-CORL's TD3+BC (written out below
 from nissymori/JAX-CORL ``algos/td3bc.py``), one seed each, the two interleaved ``--repeats``
@@ -30,6 +30,7 @@ from flax.training.train_state import TrainState
 
 from rljax import agents
 from rljax.data import Dataset
+from rljax.runner.program import over_members
 
 NAMES = ("bc", "td3_bc", "iql", "rebrac", "cql", "odice", "fdvl", "prdc", "a2pr", "riql", "edac")
 
@@ -58,7 +59,8 @@ def measure(agent, config, dataset, updates: int, seeds: int) -> dict:
         def one_update(state, _):
             return agent.update(config, dataset, state)  # samples its batch inside jit
 
-        run = jax.vmap(lambda s: jax.lax.scan(one_update, s, None, updates))
+        # Over the seeds as the runner's chunk: vmapped, or unbatched for one seed.
+        run = over_members(lambda s: jax.lax.scan(one_update, s, None, updates))
         return run(states)[1]
 
     compiled, compile_s = compile_fn(train_seeds, keys)

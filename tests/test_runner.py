@@ -16,7 +16,7 @@ from rljax.runner import config as config_lib
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.errors import RunDirectoryExists
 from rljax.runner.loop import train
-from rljax.runner.program import build_program
+from rljax.runner.program import build_program, over_members
 from rljax.runner.sinks import CsvLog, read_tables
 from rljax.runner.spec import RunSpec, resolve_spec
 
@@ -37,6 +37,29 @@ def test_build_coerces_and_validates_fields():
         config_lib.make_config(ppo.Config, {"activation": "gelu"})
     with pytest.raises(config_lib.FieldOutOfRange, match="num_envs=2.5 is not a valid int"):
         config_lib.make_config(ppo.Config, {"num_envs": "2.5"})
+
+
+def test_one_member_runs_unbatched_and_agrees_with_vmap():
+    """A one-member program calls the member function on unbatched arrays (the size-1 vmap is
+    what XLA's CPU backend compiles badly) and gives vmap's numbers; several are vmapped."""
+    seen = []
+
+    def compute(w, x):
+        h = x @ w
+        return (h - h.mean(-1, keepdims=True)) * (h * x).mean(-1, keepdims=True), h.sum()
+
+    def member(w, x):
+        seen.append(x.shape)
+        return compute(w, x)
+
+    w, x = (jax.random.normal(k, (3, 8, 8)) for k in jax.random.split(jax.random.key(0)))
+    for count in (1, 3):
+        got = jax.jit(over_members(member))(w[:count], x[:count])
+        want = jax.vmap(compute)(w[:count], x[:count])
+        for a, b in zip(got, want, strict=True):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert seen == [(8, 8), (8, 8)]  # traced once unbatched, once under vmap (a batch tracer)
 
 
 def test_sweeping_a_static_field_is_refused():
@@ -169,7 +192,7 @@ def test_sharded_sweep_on_fake_devices_equals_one_device(tmp_path):
         f"""
         import jax
         from rljax.runner.loop import train
-        from rljax.runner.program import build_program
+        from rljax.runner.program import build_program, over_members
         from rljax.runner.spec import RunSpec
         spec = RunSpec(algo="ppo", env={{"name": "CartPole-v1"}}, agent={TINY!r},
                        grid={{"lr": [1e-4, 1e-3]}}, seeds=2, chunk_updates=4)

@@ -23,6 +23,21 @@ from rljax.runner.guard import params_finite
 from rljax.runner.spec import RunSpec
 
 
+def over_members(fn):
+    """``fn`` over a leading member axis of every argument and output: vmapped, or run unbatched
+    when there is one member. XLA's CPU backend turns a reduction of a product over a size-1
+    batch axis (LayerNorm's backward, for one) into one tiny dot per row, which made one-member
+    programs up to 1.7x slower than the same program unbatched."""
+
+    def run(*args):
+        if jax.tree.leaves(args)[0].shape[0] > 1:
+            return jax.vmap(fn)(*args)
+        first = jax.tree.map(lambda x: x[0], args)
+        return jax.tree.map(lambda x: x[None], fn(*first))
+
+    return run
+
+
 @dataclasses.dataclass
 class Program:
     """What one run compiles and executes."""
@@ -93,7 +108,15 @@ class Program:
                 metrics |= self._evaluation(config, state, num_updates)
             return state, metrics, params_finite(state.params)
 
-        return jax.jit(jax.vmap(run_member), donate_argnums=(1,), out_shardings=self.sharding)
+        spec = self.sharding.spec
+        chunk = jax.shard_map(
+            over_members(run_member),
+            mesh=self.sharding.mesh,
+            in_specs=spec,
+            out_specs=spec,
+            check_vma=False,
+        )
+        return jax.jit(chunk, donate_argnums=(1,), out_shardings=self.sharding)
 
     def _evaluation(self, config, state, num_updates: int) -> dict:
         """Deterministic evaluation episodes after a chunk, as metrics of its last update. The
