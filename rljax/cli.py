@@ -35,6 +35,13 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         "data list')",
     )
     parser.add_argument(
+        "--offline-steps", type=float, help="offline agents: gradient steps on the dataset"
+    )
+    parser.add_argument(
+        "--online-steps", type=float,
+        help="fine-tuning agents: env steps online after the offline phase, in the dataset's env",
+    )  # fmt: skip
+    parser.add_argument(
         "--max-episode-steps", type=int, metavar="N",
         help="offline agents: the env's time limit, to infer the episode ends of a D4RL file "
         "that has no timeouts",
@@ -90,8 +97,16 @@ def _spec(args, grid: dict):
             agent[key] = value
     if args.env:
         env["name"] = args.env
+    declared = agents.declaration(args.algo)
     if args.total_steps is not None:
-        agent[agents.declaration(args.algo).budget_field] = int(args.total_steps)
+        agent[declared.budget_field] = int(args.total_steps)
+    if args.offline_steps is not None:
+        if not declared.from_dataset:
+            raise ConfigError(f"{args.algo} learns online, from its env: --offline-steps is for "
+                              "the offline agents (see 'rljax agents')")  # fmt: skip
+        agent["total_updates"] = int(args.offline_steps)
+    if args.online_steps is not None:
+        agent["online_steps"] = int(args.online_steps)
     options = {"dataset": args.dataset, "max_episode_steps": args.max_episode_steps}
     if args.eval_episodes is not None:
         options["eval_episodes"] = args.eval_episodes
@@ -116,10 +131,15 @@ def _train(args, grid: dict) -> None:
     agents.check_name(args.algo)  # before JAX imports: an unknown name fails at once
     from rljax.runner.config import FieldOutOfRange, member_configs
     from rljax.runner.errors import RunError
+    from rljax.runner.spec import check_fine_tuning
 
-    if args.total_steps is not None and not math.isfinite(args.total_steps):
-        raise FieldOutOfRange(f"--total-steps={args.total_steps} is not a finite number")
+    for flag in ("total_steps", "offline_steps", "online_steps"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            name = "--" + flag.replace("_", "-")
+            raise FieldOutOfRange(f"{name}={value} is not a finite number")
     spec = _spec(args, grid)
+    check_fine_tuning(spec)
     # The fields, checked before the runner (and gymnax, brax) import: a typo fails fast.
     member_configs(agents.declaration(spec.algo), spec.agent, spec.grid)
     out = args.out

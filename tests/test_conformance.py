@@ -48,7 +48,7 @@ GC = dict(OFFLINE)
 class Fixture:
     """What an agent learns from here, what it must declare, and its tiny config."""
 
-    source: str  # agents.ENV or agents.DATASET
+    source: str  # agents.ENV, agents.DATASET or agents.DATASET_THEN_ENV
     data: str  # an env name for rljax.envs.make, or a dataset in DATASETS
     config: dict
     goal_conditioned: bool = False
@@ -62,6 +62,11 @@ def online(env, config, **kw):
 
 def offline(data, config, **kw):
     return Fixture(agents.DATASET, data, config, **kw)
+
+
+def fine_tuning(data, config, **kw):
+    """A dataset agent that goes on online (test_fine_tuning_online_phase runs that phase)."""
+    return Fixture(agents.DATASET_THEN_ENV, data, config, **kw)
 
 
 FIXTURES = {
@@ -85,9 +90,21 @@ FIXTURES = {
     "dsac_t": online("Pendulum-v1", SAC),
     "bc": offline("d4rl", OFFLINE),
     "td3_bc": offline("d4rl", OFFLINE),
-    "iql": offline("d4rl", OFFLINE),
+    "iql": fine_tuning("d4rl", OFFLINE),
+    "famo2o": fine_tuning("d4rl", OFFLINE | dict(cql_n_actions=2)),
     "rebrac": offline("d4rl", OFFLINE),
-    "cql": offline("d4rl", OFFLINE | dict(cql_n_actions=2)),
+    "cql": fine_tuning("d4rl", OFFLINE | dict(cql_n_actions=2)),
+    "calql": fine_tuning("d4rl", OFFLINE | dict(cql_n_actions=2)),
+    "wsrl": fine_tuning(
+        "d4rl", OFFLINE | dict(cql_n_actions=2, num_critics=3, online_batch_size=8, warmup_steps=1)
+    ),
+    "uni_o4": fine_tuning(
+        "d4rl",
+        dict(batch_size=8, total_updates=2, improvement_updates=1, num_policies=2, eval_every=1)
+        | dict(rollout_steps=2, ope_batch_size=4, num_envs=2, num_steps=1, num_minibatches=2)
+        | dict(update_epochs=1, policy_hidden_sizes=(8,), value_hidden_sizes=(8,))
+        | dict(q_hidden_sizes=(8,), dynamics_hidden_sizes=(8,)),
+    ),
     "odice": offline("d4rl", OFFLINE),
     "fdvl": offline("d4rl", OFFLINE),
     "prdc": offline("d4rl", OFFLINE),
@@ -188,7 +205,7 @@ def setup(name: str) -> Setup:
     module = declared.module
     config = module.Config(**fixture.config)
     declared.check(config)
-    if fixture.source == agents.DATASET:
+    if declared.from_dataset:
         return Setup(name, declared, module, config, dataset=DATASETS[fixture.data]())
     env, env_params = envs.make(fixture.data, **dict(fixture.env_options))
     if declared.wraps_env:
@@ -498,7 +515,7 @@ def test_train_is_init_then_a_scan_of_update(name):
             assert np.isfinite(value).all(), f"{name}: metric {key} = {value}"
 
 
-DATASET_NAMES = [n for n in NAMES if FIXTURES[n].source == agents.DATASET]
+DATASET_NAMES = [n for n in NAMES if agents.declaration(n).from_dataset]
 
 
 @pytest.mark.parametrize("name", DATASET_NAMES, ids=DATASET_NAMES)
@@ -637,3 +654,63 @@ def test_act_on_params_stacked_over_members(name):
     assert not any(f".{field}" in leaf for field in static for leaf in leaves), (name, static)
     for member, actions in enumerate(each):
         np.testing.assert_allclose(vmapped[member], actions, atol=1e-6, err_msg=f"{name} {member}")
+
+
+FINE_TUNING_NAMES = [n for n in NAMES if agents.declaration(n).fine_tunes]
+
+
+@pytest.mark.parametrize("name", FINE_TUNING_NAMES, ids=FINE_TUNING_NAMES)
+def test_fine_tuning_online_phase(name):
+    """A fine-tuning agent, from init on a dataset of Pendulum's shapes (obs 3, action 1), on
+    Pendulum-v1 acting in [-1, 1], with online_steps = 2 num_envs: the online functions have the
+    Protocol's parameters; begin_online then two update_online (under jit) give per-iteration
+    metrics, the losses finite, the training episodes' return and length but never the
+    runner's episode_return; the online state carries params of the offline type and an rng;
+    act on the online params gives actions in [-1, 1]; fine_tune is begin_online then a scan of
+    update_online, leaf for leaf."""
+    s = setup(name)
+    module = s.module
+    for function in ("begin_online", "update_online", "fine_tune"):
+        expected = list(inspect.signature(getattr(agents.FineTuningAgent, function)).parameters)
+        got = list(inspect.signature(getattr(module, function)).parameters)
+        assert got == expected[1:], f"{name}.{function}{tuple(got)}, the contract says {expected}"
+    config = s.config.replace(online_steps=2 * s.config.num_envs)
+    s.declared.check(config)
+    assert config.num_online_updates == NUM_UPDATES
+    dataset = d4rl_dataset(obs_dim=3, action_dim=1)
+    env, env_params = envs.make("Pendulum-v1", unit_actions=True)
+
+    def both(rng):
+        state = module.init(config, dataset, rng)
+        tuned = module.fine_tune(config, dataset, env, env_params, state)
+        online = module.begin_online(config, dataset, env, env_params, state)
+        by_hand = jax.lax.scan(
+            lambda state, _: module.update_online(config, dataset, env, env_params, state),
+            online,
+            None,
+            NUM_UPDATES,
+        )
+        obs, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(rng, 3), env_params)
+        params = by_hand[0].params
+        key = jax.random.PRNGKey(7)
+        actions = [module.act(config, params, obs, key, d) for d in (True, False)]
+        return tuned, by_hand, actions, state.params
+
+    tuned, by_hand, actions, offline_params = compiled(both, jax.random.PRNGKey(0))
+    assert jax.tree.structure(tuned) == jax.tree.structure(by_hand)
+    for (path, a), (_, b) in zip(leaves_with_paths(tuned), leaves_with_paths(by_hand), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=f"{name}: {path}")
+
+    online, metrics = by_hand
+    assert type(online.params) is type(offline_params), f"{name}: {type(online.params)}"
+    assert hasattr(online, "rng"), f"{name}'s online state has no rng"
+    assert "episode_train_return" in metrics and "episode_train_length" in metrics, sorted(metrics)
+    assert "episode_return" not in metrics, f"{name}: episode_return is the runner's evaluation"
+    for key, value in metrics.items():
+        assert np.shape(value) == (NUM_UPDATES,), f"{name}: metric {key} of shape {value.shape}"
+        if not key.startswith("episode_"):
+            assert np.isfinite(value).all(), f"{name}: metric {key} = {value}"
+    for deterministic, action in zip((True, False), actions, strict=True):
+        action = np.asarray(action)
+        assert action.shape == (3, 1), f"{name}: deterministic={deterministic}: {action.shape}"
+        assert (np.abs(action) <= 1).all(), f"{name}: deterministic={deterministic}: {action}"

@@ -33,13 +33,14 @@ DQN = ["c51", "qr_dqn", "stock_dqn"]
 SAC = ["dsac_t", "sac"]
 SAC_FAMILY = [*SAC, "sac_pmoe"]  # PMOE-SAC shares SAC's buffer, squashing and temperature
 ONLINE = sorted(POLICY_GRADIENT + DQN + SAC_FAMILY + ["harpg"])
+FINE_TUNING = ["calql", "cql", "famo2o", "iql", "wsrl"]  # with a replay of online rows
 
 # Function name -> the groups of agent modules that each share one text of it. Most have one
 # group; two where two versions exist on purpose (e.g. the replay buffers of the DQN and SAC
 # families).
 COPIES = {
     # Error-prone primitives, each with a reference below.
-    "gae": [POLICY_GRADIENT],
+    "gae": [[*POLICY_GRADIENT, "uni_o4"]],
     "ppo_loss": [["ppo", "ppo_rnn"]],  # its hand-computed case: tests/test_ppo.py
     "egae": [["ppo", "ppo_rnn"]],  # its hand-computed cases: tests/test_egae.py
     "monte_carlo": [["pdppo", "ppo"]],  # its hand-computed case: tests/test_pdppo.py
@@ -56,9 +57,21 @@ COPIES = {
     "categorical_projection": [["c51", "stock_dqn"]],
     "_epsilon": [DQN],
     "_epsilon_greedy": [DQN],
-    "sample_action": [SAC_FAMILY, ["cql", "edac"]],
-    "alpha_loss": [["cql", "edac", *SAC_FAMILY]],
-    "check": [GOAL_CONDITIONED, DQN, SAC, ["dpo", "mdpo", "pdppo", "ppo"]],
+    "sample_action": [SAC_FAMILY, ["calql", "cql", "edac", "famo2o", "wsrl"]],
+    "alpha_loss": [["calql", "cql", "edac", "famo2o", "wsrl", *SAC_FAMILY]],
+    "check": [GOAL_CONDITIONED, DQN, SAC, ["dpo", "mdpo", "pdppo", "ppo"], ["calql", "cql", "iql"]],
+    # The online phase's pieces; their cases by hand: tests/test_o2o_iql_cql.py.
+    "replay_init": [FINE_TUNING],
+    "replay_add": [FINE_TUNING],
+    "mixed_batch": [FINE_TUNING],
+    "collect": [FINE_TUNING],
+    "reset_envs": [[*FINE_TUNING, "uni_o4"]],
+    "fine_tune": [["calql", "cql", "famo2o", "iql"]],
+    "_replay_capacity": [["cql", "iql"]],
+    "cql_logsumexp": [["calql", "cql", "famo2o"]],
+    "alpha_prime_loss": [["calql", "cql"]],
+    "value_loss": [["famo2o", "iql"]],
+    "_adam_step": [["edac", "famo2o", "wsrl"]],
     "trajectory_ends": [[*GOAL_CONDITIONED, "hilp", "beso"]],
     "sample_goals": [[*GOAL_CONDITIONED, "hilp", "beso"]],
     "unit_gaussian_log_prob": [["crl", "hiql", "ota", "qrl"]],
@@ -66,17 +79,23 @@ COPIES = {
     "awr_weight": [HIERARCHICAL],
     "length_normalize": [HIERARCHICAL],
     # Helpers: the text check only (_any_member's behaviour: tests/test_delayed_updates.py).
-    "_any_member": [["a2pr", "dsac_t", "prdc", "td3_bc"]],
-    "_any_member_vmap": [["a2pr", "dsac_t", "prdc", "td3_bc"]],
+    "_any_member": [["a2pr", "dsac_t", "prdc", "td3_bc", "uni_o4"]],
+    "_any_member_vmap": [["a2pr", "dsac_t", "prdc", "td3_bc", "uni_o4"]],
     "_cat": [HIERARCHICAL],
     "_pick": [["ppo_pmoe", "sac_pmoe"]],
     "_check_dataset": [["gcbc", "gcivl", "smore"]],
     "_dense": [["gcbc", "gciql", "gcivl", "hilp", "hiql", "ota", "smore"]],
-    "_mlp": [SAC_FAMILY, ["a2pr", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"]],
+    "_mlp": [
+        SAC_FAMILY,
+        ["a2pr", "famo2o", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"],
+        ["calql", "cql"],
+    ],
     "_network": [["dpo", "lpo", "mdpo", "ppo"]],
-    "_networks": [["a2pr", "cql", "prdc", "td3_bc"], SAC, HIERARCHICAL],
-    "_normalize": [["a2pr", "bc", "edac", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"]],
-    "normalize": [["cql", "rebrac"]],
+    "_networks": [["a2pr", "calql", "cql", "prdc", "td3_bc"], SAC, HIERARCHICAL],
+    "_normalize": [
+        ["a2pr", "bc", "edac", "famo2o", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc", "uni_o4"]
+    ],  # fmt: skip
+    "normalize": [["calql", "cql", "rebrac", "wsrl"]],
     "_optimizer": [DQN, POLICY_GRADIENT],
     # The rollout's noise drawn ahead; that it samples as pi.sample: tests/test_ppo.py.
     "_action_noise": [["dpo", "lpo", "mdpo", "ppo"]],
@@ -89,19 +108,19 @@ COPIES = {
     "values": [HIERARCHICAL],
     "low_log_prob": [HIERARCHICAL],
     "sample_batch": [
-        ["a2pr", "cql", "edac", "fdvl", "iql", "odice", "riql", "td3_bc"],
+        ["a2pr", "cql", "edac", "famo2o", "fdvl", "iql", "odice", "riql", "td3_bc"],
         ["gcbc", "gciql", "gcivl"],
     ],
-    "critic_loss": [["a2pr", "prdc", "td3_bc"]],
-    "actor_loss": [["fdvl", "iql"]],
+    "critic_loss": [["a2pr", "prdc", "td3_bc"], ["famo2o", "iql"]],
+    "actor_loss": [["fdvl", "iql"], ["calql", "cql", "wsrl"]],
     "_observation_stats": [["a2pr", "prdc", "td3_bc"]],
     "_torch_init": [["edac", "rebrac"]],
     "_uniform": [["edac", "ppo_pmoe", "rebrac", "riql", "sac_pmoe"]],
-    "gaussian_log_prob": [["fdvl", "hilp", "iql", "odice"]],
-    "episode_returns": [["fdvl", "iql", "odice", "riql"]],
-    "_reward_transform": [["fdvl", "iql", "riql"]],
+    "gaussian_log_prob": [["famo2o", "fdvl", "hilp", "iql", "odice"]],
+    "episode_returns": [["famo2o", "fdvl", "iql", "odice", "riql"]],
+    "_reward_transform": [["famo2o", "fdvl", "iql", "riql"]],
     "actor_learning_rate": [["fdvl", "iql", "riql"]],
-    "expectile_loss": [["iql", "riql", "smore"]],
+    "expectile_loss": [["famo2o", "iql", "riql", "smore"]],
 }
 # The contract's names are the agent's own even where two files happen to agree.
 CONTRACT = {*agents.CONTRACT, "update_on_batch"}

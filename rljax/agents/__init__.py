@@ -28,10 +28,23 @@ The signatures, per source (the Protocols below spell them out):
   batch that ``update`` wraps (public for hand-computed tests). ``Config.total_updates`` is the
   static budget in gradient steps. The dataset (an ``rljax.data.Dataset``) is closed over, not
   carried in the state, so vmapped members share one copy.
-* ``DATASET_THEN_ENV`` (offline-to-online fine-tuning) and ``MODEL_THEN_DATASET`` (a dynamics
-  model fitted first, then a policy on the data and the model's rollouts) are named here so
-  their families have a place to declare themselves; the runner refuses them until it has
-  their phase.
+* ``DATASET_THEN_ENV`` (offline-to-online fine-tuning): everything a ``DATASET`` agent has (the
+  offline phase, ``Config.total_updates`` gradient steps of ``update``), then an online phase
+  of ``Config.online_steps`` env steps (static; 0, the default, leaves a pure dataset agent):
+  ``begin_online(config, dataset, env, env_params, state)`` turns the offline train state into
+  the online one, once, at the boundary (its structure may differ: a replay of online rows, the
+  envs' state, fresh optimizers); ``update_online(config, dataset, env, env_params, state)`` is
+  one online iteration, ``Config.steps_per_update`` env steps (one step of ``Config.num_envs``
+  envs) and then its gradient steps on a batch whose first ``round(Config.offline_fraction *
+  batch_size)`` rows are dataset rows and the rest online ones; ``fine_tune(config, dataset,
+  env, env_params, state)`` is ``begin_online`` and a ``lax.scan`` of ``Config.
+  num_online_updates`` of them. The env is the dataset's, acting in [-1, 1] like the dataset's
+  actions; both phases' states carry ``params`` (one type, so ``act`` serves both) and ``rng``.
+  Online training episodes are logged as ``episode_train_return`` and ``episode_train_length``;
+  ``episode_return`` is the runner's deterministic evaluation, in both phases.
+* ``MODEL_THEN_DATASET`` (a dynamics model fitted first, then a policy on the data and the
+  model's rollouts) is named here so its family has a place to declare itself; the runner
+  refuses it until it has its phase.
 
 For every source ``train`` is ``init`` and then a ``lax.scan`` of ``update``, which is exactly
 what the runner's jitted chunk runs. ``TrainState.params`` is all that ``act`` needs: it holds
@@ -77,8 +90,11 @@ ALGORITHMS = {
     "bc": "rljax.agents.bc",
     "td3_bc": "rljax.agents.td3_bc",
     "iql": "rljax.agents.iql",
+    "famo2o": "rljax.agents.famo2o",
     "rebrac": "rljax.agents.rebrac",
     "cql": "rljax.agents.cql",
+    "calql": "rljax.agents.calql",
+    "wsrl": "rljax.agents.wsrl",
     "odice": "rljax.agents.odice",
     "fdvl": "rljax.agents.fdvl",
     "prdc": "rljax.agents.prdc",
@@ -96,6 +112,7 @@ ALGORITHMS = {
     "smore": "rljax.agents.smore",
     "ota": "rljax.agents.ota",
     "harpg": "rljax.agents.harpg",
+    "uni_o4": "rljax.agents.uni_o4",
 }
 
 
@@ -123,6 +140,14 @@ class DatasetAgent(Protocol):
     def act(self, config, params, obs, rng, deterministic=False) -> Any: ...
 
 
+class FineTuningAgent(DatasetAgent, Protocol):
+    """An agent with ``LEARNS_FROM = DATASET_THEN_ENV``: a dataset agent that goes on online."""
+
+    def begin_online(self, config, dataset, env, env_params, state) -> Any: ...
+    def update_online(self, config, dataset, env, env_params, state) -> tuple[Any, dict]: ...
+    def fine_tune(self, config, dataset, env, env_params, state) -> tuple[Any, dict]: ...
+
+
 class UnknownAlgorithm(ValueError):
     """Raised by get() with the list of algorithm names it knows."""
 
@@ -145,7 +170,12 @@ class Declaration:
 
     @property
     def from_dataset(self) -> bool:
-        return self.learns_from == DATASET
+        """Whether it learns from a dataset first (a fine-tuning agent does, then online)."""
+        return self.learns_from in (DATASET, DATASET_THEN_ENV)
+
+    @property
+    def fine_tunes(self) -> bool:
+        return self.learns_from == DATASET_THEN_ENV
 
     @property
     def budget_field(self) -> str:
@@ -183,8 +213,13 @@ def declaration(name: str) -> Declaration:
         raise ContractError(
             f"{module.__name__}.LEARNS_FROM={module.LEARNS_FROM!r}; choose one of {SOURCES}"
         )
-    if module.LEARNS_FROM == DATASET and not hasattr(module, "update_on_batch"):
+    if module.LEARNS_FROM in (DATASET, DATASET_THEN_ENV) and not hasattr(module, "update_on_batch"):
         raise ContractError(f"{module.__name__} learns from a dataset but has no update_on_batch")
+    online = ("begin_online", "update_online", "fine_tune")
+    if module.LEARNS_FROM == DATASET_THEN_ENV and not all(hasattr(module, n) for n in online):
+        raise ContractError(
+            f"{module.__name__} fine-tunes online but lacks one of {', '.join(online)}"
+        )
     if module.WRAPS_ENV and not hasattr(module, "wrap_env"):
         raise ContractError(f"{module.__name__}.WRAPS_ENV is set but it has no wrap_env")
     if module.RECURRENT and not all(hasattr(module, n) for n in ("act_step", "initial_hidden")):
@@ -207,6 +242,6 @@ def declaration(name: str) -> Declaration:
     )
 
 
-def names(learns_from: str | None = None) -> list[str]:
-    """Algorithm names, all or those that learn from ``learns_from``."""
-    return sorted(n for n in ALGORITHMS if learns_from in (None, declaration(n).learns_from))
+def names(*sources: str) -> list[str]:
+    """Algorithm names, all or those that learn from one of ``sources``."""
+    return sorted(n for n in ALGORITHMS if not sources or declaration(n).learns_from in sources)

@@ -24,6 +24,16 @@ Observations are normalized with the dataset's statistics, (s - mu) / (sigma + 1
 are CORL's MuJoCo ones (no Lagrange, alpha_cql 10, T 1, policy lr 3e-5, critic lr 3e-4, three
 hidden layers of 256, orthogonal initialization); CORL's optional BC warm-up and Q-difference
 clipping are left out.
+
+Online fine-tuning: CQL continued online with its conservative term kept, as the fine-tuning
+baselines of Cal-QL (Nakamoto et al., NeurIPS 2023) and FamO2O (Wang et al., NeurIPS 2023) run
+it. After the offline phase, ``online_steps`` env steps, each iteration one step of ``num_envs``
+envs under the stochastic policy (a tanh-Gaussian sample in [-1, 1]) added to a replay of
+online rows, then ``utd_ratio`` gradient steps of the same losses, SAC-style, on batches whose
+first ``offline_fraction`` (default 1/2, Cal-QL's mixing ratio) are dataset rows and the rest
+online ones. The observation statistics stay those of the dataset; every optimizer and the
+temperature carry on from the offline phase (one run in the authors' code). Timeouts
+bootstrap, terminations do not.
 """
 
 from typing import Any
@@ -35,7 +45,7 @@ import numpy as np
 import optax
 from flax import struct
 
-LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+LEARNS_FROM = "dataset_then_env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
 RECURRENT = False
@@ -97,10 +107,33 @@ class Config:
     init_log_alpha_prime: float = _field(
         1.0, bounds="(-inf, inf)", doc="initial log alpha' (Lagrange only)"
     )
+    online_steps: int = _field(
+        0, static=True, bounds="[0, inf)", doc="env steps of the online phase (0: offline only)"
+    )
+    num_envs: int = _field(
+        1, static=True, bounds="[1, inf)", doc="environments stepped in parallel online"
+    )
+    utd_ratio: int = _field(
+        1, static=True, bounds="[1, inf)", doc="gradient steps per online iteration"
+    )
+    replay_size: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="capacity of the replay of online rows"
+    )
+    offline_fraction: float = _field(
+        0.5, bounds="[0, 1]", doc="share of each online batch drawn from the dataset (0: none)"
+    )
 
     @property
     def num_updates(self) -> int:
         return self.total_updates
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs
+
+    @property
+    def num_online_updates(self) -> int:
+        return self.online_steps // self.steps_per_update
 
 
 @struct.dataclass
@@ -124,6 +157,123 @@ class TrainState:
     alpha_prime_opt: Any
     rng: jax.Array
     update_step: jax.Array  # gradient steps done so far
+
+
+# --- Online fine-tuning: the replay of online rows, the mixed batch, and collection ---
+# (identical in every fine-tuning agent; tests/test_inlined_copies.py holds them to iql.py's)
+
+ENV_AXIS = "env"  # the vmapped envs' axis name (rljax's env wrappers reduce over it)
+ONLINE_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations")
+
+
+@struct.dataclass
+class Replay:
+    """The online rows, a ring of ``capacity`` rows under the dataset's field names."""
+
+    data: dict  # key -> (capacity, ...) float32
+    position: jax.Array  # the row written next
+    size: jax.Array  # rows filled so far
+
+
+def replay_init(capacity: int, dataset) -> Replay:
+    data = {
+        k: jnp.zeros((capacity, *getattr(dataset, k).shape[1:]), jnp.float32) for k in ONLINE_KEYS
+    }
+    return Replay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def replay_add(replay: Replay, rows: dict) -> Replay:
+    """Writes n <= capacity rows, overwriting the oldest."""
+    capacity = replay.data["rewards"].shape[0]
+    n = rows["rewards"].shape[0]
+    slots = (replay.position + jnp.arange(n)) % capacity
+    data = {k: replay.data[k].at[slots].set(rows[k]) for k in replay.data}
+    return Replay(data, (replay.position + n) % capacity, jnp.minimum(replay.size + n, capacity))
+
+
+def mixed_batch(offline: dict, online: Replay, offline_fraction, batch_size: int, rng) -> dict:
+    """``batch_size`` rows: the first ``round(offline_fraction * batch_size)`` drawn from the
+    ``offline`` arrays, the rest from the filled online rows (both uniformly, with replacement),
+    under the online replay's keys; ``offline_fraction`` may be traced."""
+    offline_key, online_key = jax.random.split(rng)
+    size = next(iter(offline.values())).shape[0]
+    offline_rows = jax.random.randint(offline_key, (batch_size,), 0, size)
+    online_rows = jax.random.randint(online_key, (batch_size,), 0, jnp.maximum(online.size, 1))
+    from_offline = jnp.arange(batch_size) < jnp.round(offline_fraction * batch_size)
+
+    def pick(key):
+        a, b = offline[key][offline_rows], online.data[key][online_rows]
+        return jnp.where(from_offline.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+
+    return {k: pick(k) for k in online.data}
+
+
+def collect(env, env_params, policy, env_state, obs, rng, num_steps: int):
+    """``num_steps`` steps of the vectorised envs under ``policy(obs, rng) -> action``.
+
+    Returns the rows (``next_observations`` is the observation before any auto-reset,
+    ``terminals`` marks termination only, ``timeouts`` truncation by a time limit: a replay
+    keeps the keys it was built with), the envs' state and observation, and the mean return and
+    length of the training episodes that finished (NaN if none).
+    """
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
+
+    def one_step(carry, key):
+        env_state, obs = carry
+        policy_key, step_key = jax.random.split(key)
+        action = policy(obs, policy_key)
+        step_keys = jax.random.split(step_key, obs.shape[0])
+        next_obs, env_state, reward, terminated, truncated, info = step(
+            step_keys, env_state, action, env_params
+        )
+        row = {
+            "observations": obs,
+            "actions": action,
+            "rewards": reward.astype(jnp.float32),
+            "terminals": terminated.astype(jnp.float32),
+            "timeouts": (truncated & ~terminated).astype(jnp.float32),
+            "next_observations": info["final_observation"],
+        }
+        finished = info["returned_episode"]
+        episodes = (finished, info["returned_episode_returns"], info["returned_episode_lengths"])
+        return (env_state, next_obs), (row, episodes)
+
+    keys = jax.random.split(rng, num_steps)
+    (env_state, obs), (rows, (finished, returns, lengths)) = jax.lax.scan(
+        one_step, (env_state, obs), keys
+    )
+    rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rows)
+    count = finished.sum()
+
+    def mean(x):
+        return jnp.where(count > 0, (x * finished).sum() / jnp.maximum(count, 1), jnp.nan)
+
+    episodes = {"episode_train_return": mean(returns), "episode_train_length": mean(lengths)}
+    return rows, env_state, obs, episodes
+
+
+def reset_envs(env, env_params, num_envs: int, rng):
+    """(observations, env states) of ``num_envs`` freshly reset envs."""
+    reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
+    return reset(jax.random.split(rng, num_envs), env_params)
+
+
+@struct.dataclass
+class OnlineState:
+    """The online phase's state: TrainState's fields (so both phases share update_on_batch),
+    the replay of online rows and the envs."""
+
+    params: Params
+    target_critic: Any
+    actor_opt: Any
+    critic_opt: Any
+    alpha_opt: Any
+    alpha_prime_opt: Any
+    replay: Replay
+    env_state: Any
+    obs: jax.Array  # (num_envs, obs_dim)
+    rng: jax.Array
+    update_step: jax.Array  # online gradient steps done so far
 
 
 # --- Networks (CORL: orthogonal hidden layers, small Xavier output layers) ---
@@ -277,6 +427,20 @@ def alpha_loss(log_alpha, log_prob, target_entropy):
 # --- The contract ---
 
 
+def check(config: Config) -> None:
+    """The rules across Config fields; the runner calls it on each concrete config."""
+    if config.online_steps % config.num_envs:
+        raise ValueError(
+            f"online_steps={config.online_steps} must be a multiple of num_envs="
+            f"{config.num_envs}: each online iteration steps every env once"
+        )
+    if config.replay_size < config.num_envs:
+        raise ValueError(
+            f"replay_size={config.replay_size} must hold one online iteration's rows "
+            f"(num_envs={config.num_envs})"
+        )
+
+
 def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     obs, actions = np.asarray(dataset.observations), np.asarray(dataset.actions)
     if obs.ndim != 2 or actions.ndim != 2:
@@ -318,7 +482,8 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
 
 
 def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One gradient step of the actor, the temperature, the critics (and alpha')."""
+    """One gradient step of the actor, the temperature, the critics (and alpha'); ``state`` a
+    TrainState or an OnlineState (the fields it reads and writes are common to both)."""
     params = state.params
     action_dim = params.action_dim
     actor, critic = _networks(config, action_dim)
@@ -430,6 +595,68 @@ def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, determin
     if deterministic:
         return jnp.tanh(mean)
     return sample_action(mean, log_std, rng)[0]
+
+
+# --- Online fine-tuning ---
+
+
+def begin_online(config: Config, dataset, env, env_params, state: TrainState) -> OnlineState:
+    """The offline state at the boundary, turned online: params, target critics and optimizers
+    carried over; an empty replay (``_replay_capacity``), freshly reset envs, the step counter
+    at 0."""
+    check(config)
+    rng, reset_key = jax.random.split(state.rng)
+    obs, env_state = reset_envs(env, env_params, config.num_envs, reset_key)
+    return OnlineState(
+        params=state.params,
+        target_critic=state.target_critic,
+        actor_opt=state.actor_opt,
+        critic_opt=state.critic_opt,
+        alpha_opt=state.alpha_opt,
+        alpha_prime_opt=state.alpha_prime_opt,
+        replay=replay_init(_replay_capacity(config), dataset),
+        env_state=env_state,
+        obs=obs,
+        rng=rng,
+        update_step=jnp.zeros((), jnp.int32),
+    )
+
+
+def _replay_capacity(config: Config) -> int:
+    """min(replay_size, online_steps) rows; one iteration's (num_envs) when online_steps is 0,
+    so that fine_tune's scan of no iterations still traces."""
+    return max(min(config.replay_size, config.online_steps), config.num_envs)
+
+
+def update_online(
+    config: Config, dataset, env, env_params, state: OnlineState
+) -> tuple[OnlineState, dict]:
+    """One step of num_envs envs with the stochastic policy, then utd_ratio gradient steps on
+    batches mixing offline_fraction dataset rows with online ones."""
+    rng, collect_key, batch_key, step_key = jax.random.split(state.rng, 4)
+    policy = lambda obs, key: act(config, state.params, obs, key)  # noqa: E731
+    rows, env_state, obs, episodes = collect(
+        env, env_params, policy, state.env_state, state.obs, collect_key, 1
+    )
+    replay = replay_add(state.replay, rows)
+    offline = {k: getattr(dataset, k) for k in ONLINE_KEYS}
+
+    def gradient_step(state, key):
+        batch = mixed_batch(offline, replay, config.offline_fraction, config.batch_size, key)
+        return update_on_batch(config, state, batch)
+
+    # The replay is read, not written, by the gradient steps: keep it out of the scan's carry.
+    keys = jax.random.split(batch_key, config.utd_ratio)
+    state, metrics = jax.lax.scan(gradient_step, state.replace(replay=None, rng=step_key), keys)
+    state = state.replace(replay=replay, env_state=env_state, obs=obs, rng=rng)
+    return state, {**jax.tree.map(jnp.mean, metrics), **episodes}
+
+
+def fine_tune(config: Config, dataset, env, env_params, state):
+    """begin_online, then num_online_updates iterations of update_online."""
+    state = begin_online(config, dataset, env, env_params, state)
+    step = lambda state, _: update_online(config, dataset, env, env_params, state)  # noqa: E731
+    return jax.lax.scan(step, state, None, config.num_online_updates)
 
 
 if __name__ == "__main__":

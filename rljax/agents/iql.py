@@ -15,6 +15,18 @@ the mean. Rewards are preprocessed as in the paper's code: ``"return_range"`` (M
 r <- 1000 r / (max episode return - min episode return), ``"antmaze"`` r <- r - 1, or ``"none"``.
 Observations are normalized by the dataset's statistics, ``(s - mu) / (sigma + 1e-3)`` (as CORL
 does; the original normalizes only rewards). Actions are assumed in [-1, 1] (D4RL convention).
+
+Online fine-tuning (the paper's fine-tuning experiments, the authors' ``train_finetune.py``): after
+the offline phase, ``online_steps`` env steps, each iteration one stochastic step of ``num_envs``
+envs (``act``, clipped to [-1, 1]) added to a replay of online rows, then ``utd_ratio`` gradient
+steps of the same three losses on mixed batches. The reward preprocessing and the observation
+statistics stay those fixed from the dataset at init; timeouts bootstrap (the authors' mask),
+terminations do not. The authors append the online rows to a buffer that holds the whole dataset and
+sample it uniformly, so the dataset's share of a batch falls from 1 towards 1/2 over a run as long
+as the dataset; here the share is a fixed ``offline_fraction`` (default 1/2, a traced number that
+sweeps vmap over). Their fine-tuning config has no learning-rate decay: online the actor steps a
+fresh Adam at the constant ``actor_lr`` (the cosine decay above has brought it to 0 by the end of
+the offline phase); the critics' and the value's Adam carry on.
 """
 
 from typing import Any
@@ -26,7 +38,7 @@ import numpy as np
 import optax
 from flax import struct
 
-LEARNS_FROM = "dataset"  # what it learns from, as declared in rljax/agents/__init__.py
+LEARNS_FROM = "dataset_then_env"  # what it learns from, as declared in rljax/agents/__init__.py
 GOAL_CONDITIONED = False
 WRAPS_ENV = False
 RECURRENT = False
@@ -74,10 +86,33 @@ class Config:
     beta: float = _field(3.0, bounds="[0, inf)", doc="inverse temperature beta of the AWR weights")
     log_std_min: float = _field(-5.0, doc="lower clip of the actor's log std")
     log_std_max: float = _field(2.0, doc="upper clip of the actor's log std")
+    online_steps: int = _field(
+        0, static=True, bounds="[0, inf)", doc="env steps of the online phase (0: offline only)"
+    )
+    num_envs: int = _field(
+        1, static=True, bounds="[1, inf)", doc="environments stepped in parallel online"
+    )
+    utd_ratio: int = _field(
+        1, static=True, bounds="[1, inf)", doc="gradient steps per online iteration"
+    )
+    replay_size: int = _field(
+        1_000_000, static=True, bounds="[1, inf)", doc="capacity of the replay of online rows"
+    )
+    offline_fraction: float = _field(
+        0.5, bounds="[0, 1]", doc="share of each online batch drawn from the dataset (0: none)"
+    )
 
     @property
     def num_updates(self) -> int:
         return self.total_updates
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs
+
+    @property
+    def num_online_updates(self) -> int:
+        return self.online_steps // self.steps_per_update
 
 
 @struct.dataclass
@@ -101,6 +136,124 @@ class TrainState:
     reward_shift: jax.Array
     rng: jax.Array
     step: jax.Array  # gradient steps done so far
+
+
+# --- Online fine-tuning: the replay of online rows, the mixed batch, and collection ---
+# (identical in every fine-tuning agent; tests/test_inlined_copies.py holds them to iql.py's)
+
+ENV_AXIS = "env"  # the vmapped envs' axis name (rljax's env wrappers reduce over it)
+ONLINE_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations")
+
+
+@struct.dataclass
+class Replay:
+    """The online rows, a ring of ``capacity`` rows under the dataset's field names."""
+
+    data: dict  # key -> (capacity, ...) float32
+    position: jax.Array  # the row written next
+    size: jax.Array  # rows filled so far
+
+
+def replay_init(capacity: int, dataset) -> Replay:
+    data = {
+        k: jnp.zeros((capacity, *getattr(dataset, k).shape[1:]), jnp.float32) for k in ONLINE_KEYS
+    }
+    return Replay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def replay_add(replay: Replay, rows: dict) -> Replay:
+    """Writes n <= capacity rows, overwriting the oldest."""
+    capacity = replay.data["rewards"].shape[0]
+    n = rows["rewards"].shape[0]
+    slots = (replay.position + jnp.arange(n)) % capacity
+    data = {k: replay.data[k].at[slots].set(rows[k]) for k in replay.data}
+    return Replay(data, (replay.position + n) % capacity, jnp.minimum(replay.size + n, capacity))
+
+
+def mixed_batch(offline: dict, online: Replay, offline_fraction, batch_size: int, rng) -> dict:
+    """``batch_size`` rows: the first ``round(offline_fraction * batch_size)`` drawn from the
+    ``offline`` arrays, the rest from the filled online rows (both uniformly, with replacement),
+    under the online replay's keys; ``offline_fraction`` may be traced."""
+    offline_key, online_key = jax.random.split(rng)
+    size = next(iter(offline.values())).shape[0]
+    offline_rows = jax.random.randint(offline_key, (batch_size,), 0, size)
+    online_rows = jax.random.randint(online_key, (batch_size,), 0, jnp.maximum(online.size, 1))
+    from_offline = jnp.arange(batch_size) < jnp.round(offline_fraction * batch_size)
+
+    def pick(key):
+        a, b = offline[key][offline_rows], online.data[key][online_rows]
+        return jnp.where(from_offline.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+
+    return {k: pick(k) for k in online.data}
+
+
+def collect(env, env_params, policy, env_state, obs, rng, num_steps: int):
+    """``num_steps`` steps of the vectorised envs under ``policy(obs, rng) -> action``.
+
+    Returns the rows (``next_observations`` is the observation before any auto-reset,
+    ``terminals`` marks termination only, ``timeouts`` truncation by a time limit: a replay
+    keeps the keys it was built with), the envs' state and observation, and the mean return and
+    length of the training episodes that finished (NaN if none).
+    """
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None), axis_name=ENV_AXIS)
+
+    def one_step(carry, key):
+        env_state, obs = carry
+        policy_key, step_key = jax.random.split(key)
+        action = policy(obs, policy_key)
+        step_keys = jax.random.split(step_key, obs.shape[0])
+        next_obs, env_state, reward, terminated, truncated, info = step(
+            step_keys, env_state, action, env_params
+        )
+        row = {
+            "observations": obs,
+            "actions": action,
+            "rewards": reward.astype(jnp.float32),
+            "terminals": terminated.astype(jnp.float32),
+            "timeouts": (truncated & ~terminated).astype(jnp.float32),
+            "next_observations": info["final_observation"],
+        }
+        finished = info["returned_episode"]
+        episodes = (finished, info["returned_episode_returns"], info["returned_episode_lengths"])
+        return (env_state, next_obs), (row, episodes)
+
+    keys = jax.random.split(rng, num_steps)
+    (env_state, obs), (rows, (finished, returns, lengths)) = jax.lax.scan(
+        one_step, (env_state, obs), keys
+    )
+    rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), rows)
+    count = finished.sum()
+
+    def mean(x):
+        return jnp.where(count > 0, (x * finished).sum() / jnp.maximum(count, 1), jnp.nan)
+
+    episodes = {"episode_train_return": mean(returns), "episode_train_length": mean(lengths)}
+    return rows, env_state, obs, episodes
+
+
+def reset_envs(env, env_params, num_envs: int, rng):
+    """(observations, env states) of ``num_envs`` freshly reset envs."""
+    reset = jax.vmap(env.reset, in_axes=(0, None), axis_name=ENV_AXIS)
+    return reset(jax.random.split(rng, num_envs), env_params)
+
+
+@struct.dataclass
+class OnlineState:
+    """The online phase's state: TrainState's fields (so both phases share the gradient step),
+    the replay of online rows and the envs."""
+
+    params: Params
+    target_critic: Any
+    actor_opt: Any
+    critic_opt: Any
+    value_opt: Any
+    reward_scale: jax.Array
+    reward_shift: jax.Array
+    replay: Replay
+    env_state: Any
+    obs: jax.Array  # (num_envs, obs_dim)
+    rng: jax.Array
+    step: jax.Array  # online gradient steps done so far
 
 
 # --- Networks ---
@@ -269,6 +422,20 @@ def _check_dataset(dataset) -> None:
         )
 
 
+def check(config: Config) -> None:
+    """The rules across Config fields; the runner calls it on each concrete config."""
+    if config.online_steps % config.num_envs:
+        raise ValueError(
+            f"online_steps={config.online_steps} must be a multiple of num_envs="
+            f"{config.num_envs}: each online iteration steps every env once"
+        )
+    if config.replay_size < config.num_envs:
+        raise ValueError(
+            f"replay_size={config.replay_size} must hold one online iteration's rows "
+            f"(num_envs={config.num_envs})"
+        )
+
+
 def init(config: Config, dataset, rng: jax.Array) -> TrainState:
     """Networks, optimizers, normalization statistics and reward scaling for ``dataset``.
 
@@ -315,6 +482,12 @@ def actor_learning_rate(config: Config, step):
 
 def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One gradient step: V, then the actor, then Q, then the target critics."""
+    return _gradient_step(config, state, batch, actor_learning_rate(config, state.step))
+
+
+def _gradient_step(config: Config, state, batch: dict, lr):
+    """update_on_batch with the actor's learning rate given; ``state`` a TrainState or an
+    OnlineState (the fields it reads and writes are common to both)."""
     params = state.params
     batch = batch | {
         "observations": _normalize(params, batch["observations"]),
@@ -331,7 +504,6 @@ def update_on_batch(config: Config, state: TrainState, batch: dict) -> tuple[Tra
     (loss_pi, aux), actor_grads = jax.value_and_grad(actor_loss, has_aux=True)(
         params.actor, params, state.target_critic, batch, config
     )
-    lr = actor_learning_rate(config, state.step)
     updates, actor_opt = optax.adam(lr).update(actor_grads, state.actor_opt)
     params = params.replace(actor=optax.apply_updates(params.actor, updates))
 
@@ -390,6 +562,69 @@ def act(config: Config, params: Params, obs: jax.Array, rng: jax.Array, determin
         return mean
     log_std = jnp.clip(log_std, config.log_std_min, config.log_std_max)
     return jnp.clip(mean + jnp.exp(log_std) * jax.random.normal(rng, mean.shape), -1.0, 1.0)
+
+
+# --- Online fine-tuning ---
+
+
+def begin_online(config: Config, dataset, env, env_params, state: TrainState) -> OnlineState:
+    """The offline state at the boundary, turned online: the params, target critics, critic and
+    value optimizers and reward transform carried over; a fresh actor Adam (constant rate
+    online), an empty replay (``_replay_capacity``), freshly reset envs, the step counter at 0."""
+    check(config)
+    rng, reset_key = jax.random.split(state.rng)
+    obs, env_state = reset_envs(env, env_params, config.num_envs, reset_key)
+    return OnlineState(
+        params=state.params,
+        target_critic=state.target_critic,
+        actor_opt=optax.adam(config.actor_lr).init(state.params.actor),
+        critic_opt=state.critic_opt,
+        value_opt=state.value_opt,
+        reward_scale=state.reward_scale,
+        reward_shift=state.reward_shift,
+        replay=replay_init(_replay_capacity(config), dataset),
+        env_state=env_state,
+        obs=obs,
+        rng=rng,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def _replay_capacity(config: Config) -> int:
+    """min(replay_size, online_steps) rows; one iteration's (num_envs) when online_steps is 0,
+    so that fine_tune's scan of no iterations still traces."""
+    return max(min(config.replay_size, config.online_steps), config.num_envs)
+
+
+def update_online(
+    config: Config, dataset, env, env_params, state: OnlineState
+) -> tuple[OnlineState, dict]:
+    """One step of num_envs envs with the stochastic policy, then utd_ratio gradient steps on
+    batches mixing offline_fraction dataset rows with online ones."""
+    rng, collect_key, learn_key = jax.random.split(state.rng, 3)
+    policy = lambda obs, key: act(config, state.params, obs, key)  # noqa: E731
+    rows, env_state, obs, episodes = collect(
+        env, env_params, policy, state.env_state, state.obs, collect_key, 1
+    )
+    replay = replay_add(state.replay, rows)
+    offline = {k: getattr(dataset, k) for k in ONLINE_KEYS}
+
+    def gradient_step(state, key):
+        batch = mixed_batch(offline, replay, config.offline_fraction, config.batch_size, key)
+        return _gradient_step(config, state, batch, config.actor_lr)
+
+    # The replay is read, not written, by the gradient steps: keep it out of the scan's carry.
+    keys = jax.random.split(learn_key, config.utd_ratio)
+    state, metrics = jax.lax.scan(gradient_step, state.replace(replay=None), keys)
+    state = state.replace(replay=replay, env_state=env_state, obs=obs, rng=rng)
+    return state, {**jax.tree.map(jnp.mean, metrics), **episodes}
+
+
+def fine_tune(config: Config, dataset, env, env_params, state):
+    """begin_online, then num_online_updates iterations of update_online."""
+    state = begin_online(config, dataset, env, env_params, state)
+    step = lambda state, _: update_online(config, dataset, env, env_params, state)  # noqa: E731
+    return jax.lax.scan(step, state, None, config.num_online_updates)
 
 
 if __name__ == "__main__":

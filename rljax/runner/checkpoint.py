@@ -83,8 +83,9 @@ class Checkpoints:
         with _quiet_orbax():
             return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
-    def restore_latest(self, abstract_state):
-        """(step, state) of the newest checkpoint that verifies, or (None, None).
+    def restore_latest(self, layout_at):
+        """(step, state) of the newest checkpoint that verifies, or (None, None); the state laid
+        out as ``layout_at(step)`` (a fine-tuning run's online steps have their own layout).
 
         Warns once per step passed over, naming it and the cause; a writer moves each aside."""
         passed_over = []
@@ -93,7 +94,7 @@ class Checkpoints:
             cause = self.verify(step)
             if cause is None:
                 try:
-                    found = step, self.restore(step, abstract_state)
+                    found = step, self.restore(step, layout_at(step))
                     break
                 except Exception as error:  # intact files that do not fit: not corruption
                     raise RunError(

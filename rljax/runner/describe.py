@@ -13,7 +13,10 @@ from rljax.runner.config import is_static
 SOURCE_HEADINGS = {
     agents.ENV: "learn from an env (rljax train ALGO --env ENV)",
     agents.DATASET: "learn from a dataset (rljax train ALGO --dataset NAME)",
-    agents.DATASET_THEN_ENV: "learn from a dataset, then an env",
+    agents.DATASET_THEN_ENV: (
+        "learn from a dataset, then an env (rljax train ALGO --dataset NAME --offline-steps N "
+        "--online-steps M; without --online-steps, offline only)"
+    ),
     agents.MODEL_THEN_DATASET: "learn from a dynamics model, then a dataset",
 }
 GOAL_MARK = "goal-conditioned"

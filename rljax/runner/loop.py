@@ -28,7 +28,6 @@ from rljax.runner.guard import StopSignals, first_failures
 from rljax.runner.program import Program, build_program, chunk_updates
 from rljax.runner.rundir import check_free, check_sinks, run_directory
 from rljax.runner.sinks import (
-    KEY_COLUMNS,
     CsvLog,
     TensorBoardSink,
     WandbSink,
@@ -38,8 +37,10 @@ from rljax.runner.sinks import (
 from rljax.runner.spec import RunSpec, check_budget, check_directory, resolve_spec
 
 # The train state's structure (pytree classes, static fields, shapes and dtypes), written
-# beside the checkpoints so a run restores without its dataset or anything else.
+# beside the checkpoints so a run restores without its dataset or anything else; a fine-tuning
+# run's online phase has a structure of its own.
 STATE_STRUCTURE = "state_structure.pkl"
+ONLINE_STATE_STRUCTURE = "state_structure_online.pkl"
 
 
 def train(
@@ -74,28 +75,58 @@ def train(
         barrier("rljax: run directory created")
         metadata.enable_compilation_cache()
         program = build_program(spec, inner_wrapper=inner_wrapper)
-        num_updates, per_chunk = program.base.num_updates, chunk_updates(program)
+        num_updates, boundary = program.num_updates, program.offline_updates
+        chunks = _chunks(program)
         source = (
             f"dataset {spec.dataset} (evaluated on {spec.env['name']})"
             if program.agent.from_dataset
             else spec.env["name"]
         )
+        if program.online_updates:
+            source += f", then {program.base.online_steps:,} steps online"
         size = "" if program.agent.from_dataset else f" of {program.steps_per_update} steps"
         members = len(program.members)
         say(f"{spec.algo} on {source}: {members} member(s) x {num_updates} updates{size}, as one "
             "program")  # fmt: skip
 
         start = time.perf_counter()
-        init_jit, chunk_jit = program.init_fn(), program.chunk_fn(per_chunk)
-        shapes = jax.eval_shape(init_jit, program.stacked, program.keys)
-        abstract_state = program.abstract(shapes)
+        init_jit = program.init_fn()
+        shapes = {False: jax.eval_shape(init_jit, program.stacked, program.keys)}
+        layouts = {False: program.abstract(shapes[False])}  # the train state's, per phase
         init_fn = init_jit.lower(program.stacked, program.keys).compile()
-        chunk_fn = chunk_jit.lower(program.stacked, abstract_state).compile()
-        metric_names = sorted(chunk_fn.out_info[1])
+        chunk_fns = {
+            False: program.chunk_fn(chunk_updates(program))
+            .lower(program.stacked, layouts[False])
+            .compile()
+        }
+        if program.online_updates:
+            begin_jit = program.begin_online_fn()
+            shapes[True] = jax.eval_shape(begin_jit, program.stacked, layouts[False])
+            layouts[True] = program.abstract(shapes[True])
+            begin_fn = begin_jit.lower(program.stacked, layouts[False]).compile()
+            chunk_fns[True] = (
+                program.chunk_fn(chunk_updates(program, online=True), online=True)
+                .lower(program.stacked, layouts[True])
+                .compile()
+            )
+        phase_metrics = {online: sorted(fn.out_info[1]) for online, fn in chunk_fns.items()}
+        metric_names = sorted(set().union(*phase_metrics.values()))
         compile_seconds = time.perf_counter() - start
 
+        def launch(state, first: int):
+            """Dispatches the chunk after update ``first``, switching phase before the online
+            phase's first chunk."""
+            online = program.online_after(first + 1)
+            if online and first == boundary:
+                state = begin_fn(program.stacked, state)
+            return chunk_fns[online](program.stacked, state)
+
         checkpoints = Checkpoints(out / "checkpoints")
-        done, state = checkpoints.restore_latest(abstract_state) if resume else (None, None)
+        done, state = (
+            checkpoints.restore_latest(lambda step: layouts[program.online_after(step)])
+            if resume
+            else (None, None)
+        )
         if done is None:
             done, state = 0, init_fn(program.stacked, program.keys)
         else:
@@ -107,22 +138,21 @@ def train(
         barrier("rljax: run files written")
         log = CsvLog(_own_metric_file(out), metric_names)
         owned = owned_members(program.sharding, members)
-        failures = _logged_failures(out, members, done)
+        failures = _logged_failures(out, members, done, boundary, phase_metrics)
         sinks = _sinks(out, spec, tensorboard, wandb_project) if is_primary() else []
 
-        steps_per_update = program.steps_per_update
         directory.started = True  # from here on a failed run keeps its directory
         resumed_at, steps_per_second = done, None
         loop_start = last_checkpoint = time.perf_counter()
         try:
             with StopSignals() as stop:
-                running = chunk_fn(program.stacked, state) if done < num_updates else None
-                for first in range(done, num_updates, per_chunk):
+                running = launch(state, done) if done < num_updates else None
+                for first, size in [(f, n) for f, n in chunks if f >= done]:
                     state, metrics, finite = running
                     metrics, finite = gather((metrics, finite))
-                    updates = np.arange(first + 1, first + per_chunk + 1)
+                    updates = np.arange(first + 1, first + size + 1)
                     found = first_failures(metrics, updates, finite)
-                    done = first + per_chunk
+                    done = first + size
                     now = time.perf_counter()
                     stopping, due = any_process(
                         np.array(
@@ -135,10 +165,13 @@ def train(
                     diverging = len(failures.keys() | found.keys()) == members
                     overlap = not (saving or diverging or on_chunk) and done < num_updates
                     if overlap:
-                        running = chunk_fn(program.stacked, state)
-                    log.append(_rows(program.members, owned, updates, steps_per_update, metrics))
+                        running = launch(state, done)
+                    empty = np.full((members, size), np.nan)  # the other phase's metrics
+                    logged = {name: metrics.get(name, empty) for name in metric_names}
+                    steps = program.steps(updates)
+                    log.append(_rows(program.members, owned, updates, steps, logged))
                     for sink in sinks:
-                        sink.write(updates * steps_per_update, metrics)
+                        sink.write(steps, metrics)
                     _guard(program, failures, found, checkpoints, say)
                     if on_chunk is not None:
                         on_chunk(done, state)
@@ -146,8 +179,8 @@ def train(
                         checkpoints.save(done, state)
                         last_checkpoint = now
                     if not overlap and done < num_updates and not stopping:
-                        running = chunk_fn(program.stacked, state)
-                    members_steps = members * steps_per_update * (done - resumed_at)
+                        running = launch(state, done)
+                    members_steps = members * (program.steps(done) - program.steps(resumed_at))
                     steps_per_second = members_steps / (now - loop_start)
                     eta = (num_updates - done) * (now - loop_start) / (done - resumed_at)
                     say(report.progress(program, done, metrics, steps_per_second, eta))
@@ -223,9 +256,22 @@ def _guard(program: Program, failures: dict, found: dict, checkpoints, say) -> N
         )
 
 
-def _write_run_files(out: Path, program: Program, shapes, dataset_sha256: str | None) -> None:
-    """config.yaml (with the dataset's SHA-256) and the state's structure once; run_info.json
-    gains one record per start."""
+def _chunks(program: Program) -> list[tuple[int, int]]:
+    """(first update, updates) of every chunk of the run: the offline (or only) phase's, then
+    the online phase's."""
+    num_updates, per_chunk = program.base.num_updates, chunk_updates(program)
+    chunks = [(first, per_chunk) for first in range(0, num_updates, per_chunk)]
+    if program.online_updates:
+        per_chunk = chunk_updates(program, online=True)
+        chunks += [
+            (first, per_chunk) for first in range(num_updates, program.num_updates, per_chunk)
+        ]
+    return chunks
+
+
+def _write_run_files(out: Path, program: Program, shapes: dict, dataset_sha256: str | None):
+    """config.yaml (with the dataset's SHA-256) and the state's structure (of each phase) once;
+    run_info.json gains one record per start."""
     saved = out / "config.yaml"
     if not saved.exists():
         record = {
@@ -235,31 +281,49 @@ def _write_run_files(out: Path, program: Program, shapes, dataset_sha256: str | 
         if dataset_sha256 is not None:
             record["dataset_sha256"] = dataset_sha256
         saved.write_text(yaml.safe_dump(record, sort_keys=False))
-        structure = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes)
-        (out / STATE_STRUCTURE).write_bytes(pickle.dumps(structure))
+        for online, name in ((False, STATE_STRUCTURE), (True, ONLINE_STATE_STRUCTURE)):
+            if online in shapes:
+                structure = jax.tree.map(
+                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes[online]
+                )
+                (out / name).write_bytes(pickle.dumps(structure))
     info = out / "run_info.json"
     starts = json.loads(info.read_text())["starts"] if info.exists() else []
     info.write_text(json.dumps({"starts": [*starts, metadata.environment()]}, indent=2))
 
 
-def _logged_failures(out: Path, num_members: int, done: int) -> dict:
-    """Failures found again in the logged metrics of a resumed run (none for a new one)."""
+def _logged_failures(
+    out: Path, num_members: int, done: int, boundary: int, phase_metrics: dict
+) -> dict:
+    """Failures found again in the logged metrics of a resumed run (none for a new one), each
+    phase's rows in that phase's metrics (the other phase's columns are empty there)."""
     if done == 0:
         return {}
     table = read_tables(_metric_files(out))
-    names = [name for name in table if name not in KEY_COLUMNS]
-    metrics = {name: table[name].reshape(num_members, done) for name in names}
-    return first_failures(metrics, np.arange(1, done + 1), np.ones(num_members, bool))
+    failures = {}
+    fine_tuning = True in phase_metrics
+    spans = [(False, 0, min(done, boundary) if fine_tuning else done)]
+    spans += [(True, boundary, done)] if fine_tuning else []
+    for online, begin, end in spans:
+        if end <= begin:
+            continue
+        metrics = {
+            name: table[name].reshape(num_members, done)[:, begin:end]
+            for name in phase_metrics[online]
+        }
+        found = first_failures(metrics, np.arange(begin + 1, end + 1), np.ones(num_members, bool))
+        failures = found | failures  # the earlier phase's failure first
+    return failures
 
 
-def _rows(members, owned, updates, steps_per_update, metrics) -> list[list]:
-    """metrics.csv rows of this process's members."""
+def _rows(members, owned, updates, steps, metrics) -> list[list]:
+    """metrics.csv rows of this process's members (``steps``: the step axis at ``updates``)."""
     names = sorted(metrics)
     rows = []
     for m in owned:
         config_index, seed_index = members[m]
         for k, update in enumerate(updates):
             values = [float(metrics[name][m, k]) for name in names]
-            rows.append([m, config_index, seed_index, int(update), int(update) * steps_per_update])
+            rows.append([m, config_index, seed_index, int(update), int(steps[k])])
             rows[-1].extend(values)
     return rows

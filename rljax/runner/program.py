@@ -60,13 +60,43 @@ class Program:
         return self.configs[0]
 
     @property
+    def offline_updates(self) -> int:
+        """Updates of a dataset agent's offline phase (0 for an env agent)."""
+        return self.base.num_updates if self.agent.from_dataset else 0
+
+    @property
+    def online_updates(self) -> int:
+        """Updates of a fine-tuning run's online phase (0 without one)."""
+        return self.base.num_online_updates if self.agent.fine_tunes else 0
+
+    @property
+    def num_updates(self) -> int:
+        """Updates of the whole run: the offline phase's, then the online phase's."""
+        return self.base.num_updates + self.online_updates
+
+    @property
     def steps_per_update(self) -> int:
         """Env steps per update; a dataset agent's update is one gradient step."""
         return 1 if self.agent.from_dataset else self.base.steps_per_update
 
-    @property
-    def unit(self) -> str:
-        return "gradient steps" if self.agent.from_dataset else "steps"
+    def steps(self, updates):
+        """The run's one step axis at ``updates``: env steps, or gradient steps of a dataset
+        agent; a fine-tuning run counts its offline gradient steps, then its env steps."""
+        updates = np.asarray(updates)
+        online = np.maximum(updates - self.offline_updates, 0)
+        if not self.online_updates:
+            return updates * self.steps_per_update
+        return updates - online + online * self.base.steps_per_update
+
+    def online_after(self, update: int) -> bool:
+        """Whether the train state after ``update`` updates is a fine-tuning run's online one
+        (its layout differs from the offline phase's)."""
+        return bool(self.online_updates) and update > self.offline_updates
+
+    def unit(self, update: int) -> str:
+        """What the step axis counts up to ``update``: gradient steps through a dataset agent's
+        offline phase, env steps after it and for an env agent."""
+        return "gradient steps" if update <= self.offline_updates else "steps"
 
     def source(self):
         """What ``init`` and ``update`` take after the config: the dataset, or env and params."""
@@ -95,28 +125,49 @@ class Program:
         )
         return jax.jit(init, out_shardings=self.sharding)
 
-    def chunk_fn(self, num_updates: int):
-        """(configs, states) -> (states, metrics, params finite), num_updates per member."""
+    def chunk_fn(self, num_updates: int, online: bool = False):
+        """(configs, states) -> (states, metrics, params finite), num_updates per member; of the
+        online phase's ``update_online`` with ``online``."""
         module, source = self.agent.module, self.source()
+
+        def update(config, state):
+            if online:
+                return module.update_online(config, *self.online_source(), state)
+            return module.update(config, *source, state)
 
         def run_member(config, state):
             self.traces += 1  # runs while tracing only: counts compilations, not calls
             state, metrics = jax.lax.scan(
-                lambda state, _: module.update(config, *source, state), state, None, num_updates
+                lambda state, _: update(config, state), state, None, num_updates
             )
             if self.agent.from_dataset:
                 metrics |= self._evaluation(config, state, num_updates)
             return state, metrics, params_finite(state.params)
 
+        return self._per_member(run_member)
+
+    def begin_online_fn(self):
+        """(configs, offline states) -> online states: a fine-tuning agent's phase switch."""
+        module = self.agent.module
+
+        def begin(config, state):
+            return module.begin_online(config, *self.online_source(), state)
+
+        return self._per_member(begin)
+
+    def online_source(self):
+        """What a fine-tuning agent's online functions take after the config."""
+        return self.dataset, self.env, self.env_params
+
+    def _per_member(self, fn):
+        """``fn(config, state)`` jitted over the members, each device running its own; the
+        states passed in are donated."""
         spec = self.sharding.spec
-        chunk = jax.shard_map(
-            over_members(run_member),
-            mesh=self.sharding.mesh,
-            in_specs=spec,
-            out_specs=spec,
+        per_device = jax.shard_map(
+            over_members(fn), mesh=self.sharding.mesh, in_specs=spec, out_specs=spec,
             check_vma=False,
-        )
-        return jax.jit(chunk, donate_argnums=(1,), out_shardings=self.sharding)
+        )  # fmt: skip
+        return jax.jit(per_device, donate_argnums=(1,), out_shardings=self.sharding)
 
     def _evaluation(self, config, state, num_updates: int) -> dict:
         """Deterministic evaluation episodes after a chunk, as metrics of its last update. The
@@ -242,22 +293,24 @@ def member_sharding(num_members: int) -> NamedSharding:
     return NamedSharding(Mesh(np.array(devices[:count]), ("member",)), PartitionSpec("member"))
 
 
-def chunk_updates(program: Program) -> int:
-    """Updates per jitted chunk: the spec's, or the largest divisor of the number of updates up
-    to a tenth of it (~10+ chunks, one compilation)."""
-    num_updates = program.base.num_updates
+def chunk_updates(program: Program, online: bool = False) -> int:
+    """Updates per jitted chunk of the offline (or only) phase, or of the online one: the
+    spec's, or the largest divisor of the phase's updates up to a tenth of it (~10+ chunks, one
+    compilation)."""
+    num_updates = program.online_updates if online else program.base.num_updates
     if num_updates < 1:
+        field = "online_steps" if online else program.agent.budget_field
+        size = program.base.steps_per_update if online else program.steps_per_update
         raise config_lib.FieldOutOfRange(
-            f"{program.agent.budget_field}="
-            f"{getattr(program.base, program.agent.budget_field)} is less than one update "
-            f"({program.steps_per_update} steps)"
+            f"{field}={getattr(program.base, field)} is less than one update ({size} steps)"
         )
     limit = max(1, num_updates // 10)
     per_chunk = program.spec.chunk_updates or max(
         d for d in range(1, limit + 1) if num_updates % d == 0
     )
     if num_updates % per_chunk:
+        phase = "online " if online else ""
         raise config_lib.FieldOutOfRange(
-            f"chunk_updates={per_chunk} must divide the number of updates ({num_updates})"
+            f"chunk_updates={per_chunk} must divide the number of {phase}updates ({num_updates})"
         )
     return per_chunk

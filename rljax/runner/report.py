@@ -49,12 +49,11 @@ def measured(program):
 
 
 def progress(program, done, metrics, steps_per_second, eta_seconds) -> str:
-    fraction = done / program.base.num_updates
+    fraction = done / program.num_updates
     bar = "#" * int(20 * fraction) + "-" * (20 - int(20 * fraction))
-    line = (
-        f"[{bar}] {100 * fraction:5.1f}%  {done * program.steps_per_update:,} {program.unit}/member"
-    )
-    line += f"  {steps_per_second:,.0f} {program.unit}/s"
+    unit = program.unit(done)
+    line = f"[{bar}] {100 * fraction:5.1f}%  {int(program.steps(done)):,} {unit}/member"
+    line += f"  {steps_per_second:,.0f} {unit}/s"
     if "episode_return" in metrics:
         episodes = metrics["episodes"]
         if episodes.sum() > 0:
@@ -71,7 +70,10 @@ def progress(program, done, metrics, steps_per_second, eta_seconds) -> str:
 
 def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_fn) -> dict:
     """Writes curve.png, summary.json and, for sweeps, sweep.csv; returns the summary."""
-    spec, members, num_updates = program.spec, program.members, program.base.num_updates
+    spec, members, num_updates = program.spec, program.members, program.num_updates
+    env_steps = None if program.agent.from_dataset else num_updates * program.steps_per_update
+    if program.online_updates:
+        env_steps = program.base.online_steps
     summary = {
         "algo": spec.algo,
         "env": spec.env["name"],
@@ -79,9 +81,8 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
         "resolved": config_lib.as_dict(program.base),
         "environment": metadata.environment(),
         "num_updates": num_updates,
-        "env_steps_per_member": (
-            None if program.agent.from_dataset else num_updates * program.steps_per_update
-        ),
+        "env_steps_per_member": env_steps,
+        **({"offline_updates": program.offline_updates} if program.online_updates else {}),
         **timing,
         "failed": {str(m): failure_text(program, m, f) for m, f in sorted(failures.items())},
     }
@@ -94,11 +95,15 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
         name, measure = measured(program)
         summary["final_returns"] = [
             {"member": m, "config": c, "seed": spec.seed + s, **_point(spec, c),
-             "final_return": _number(final[m]), "failed": m in failures}
-            | ({"final_score": _number(_score(program)(final[m]))} if program.references else {})
+             **_final(program, "final", final[m]), "failed": m in failures}
             for m, (c, s) in enumerate(members)
         ]  # fmt: skip
-        steps = np.arange(1, num_updates + 1) * program.steps_per_update
+        if program.online_updates:  # and each member's last evaluation of the offline phase
+            offline = slice(0, program.offline_updates)
+            at_boundary = results.final_returns(returns[:, offline], episodes[:, offline])
+            for row, value in zip(summary["final_returns"], at_boundary, strict=True):
+                row |= _final(program, "offline_final", value)
+        steps = program.steps(np.arange(1, num_updates + 1))
         if program.agent.from_dataset:  # the evaluations after each chunk, unsmoothed
             evaluated = episodes[0] > 0
             steps, curves = steps[evaluated], measure(returns[:, evaluated])
@@ -107,12 +112,24 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
         by_config = {_label(spec, c): curves[_own(members, c)] for c in range(len(program.configs))}
         if is_primary():
             title = f"{spec.algo} on {spec.dataset or spec.env['name']}"
-            results.plot_curves(out / "curve.png", steps, by_config, title, program.unit, name)
+            boundary = program.steps(program.offline_updates) if program.online_updates else None
+            results.plot_curves(
+                out / "curve.png", steps, by_config, title, program.unit(num_updates), name,
+                boundary=boundary,
+            )  # fmt: skip
         summary["ranking"] = _rank(spec, members, measure(final), failures, out, print_fn, name)
     if is_primary():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_fn(f"results in {out}: summary.json, metrics.csv, curve.png, checkpoints/")
     return summary
+
+
+def _final(program, prefix: str, value: float) -> dict:
+    """``{prefix}_return`` and, with the dataset's references, ``{prefix}_score``."""
+    row = {f"{prefix}_return": _number(value)}
+    if program.references:
+        row[f"{prefix}_score"] = _number(_score(program)(value))
+    return row
 
 
 def _score(program):

@@ -107,9 +107,11 @@ def plot_curves(
     title: str,
     xlabel: str = "environment steps",
     ylabel: str = "episode return",
+    boundary: float | None = None,
 ) -> None:
     """One line per label: mean over seeds with a bootstrap 95% CI band (``curve_band``); the
-    line joins the points where any seed has data."""
+    line joins the points where any seed has data. ``boundary`` marks where a fine-tuning run's
+    online phase begins."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,11 +126,13 @@ def plot_curves(
         line = axis.plot(env_steps[drawn], mean[drawn], label=label, marker=marker)[0]
         if np.isfinite(low).any():
             axis.fill_between(env_steps, low, high, color=line.get_color(), alpha=0.2)
+    if boundary is not None:
+        axis.axvline(boundary, color="gray", linestyle="--", label="online from here")
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    if len(curves) > 1:
+    if len(curves) > 1 or boundary is not None:
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

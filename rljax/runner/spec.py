@@ -77,9 +77,10 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     another (which then keeps only its own options); an env agent must have no dataset.
     """
     agent = agents.declaration(spec.algo)
+    check_fine_tuning(spec)
     if spec.seeds < 1:
         raise config_lib.FieldOutOfRange(f"seeds={spec.seeds} is out of range: it must be >= 1")
-    if agent.learns_from not in (agents.ENV, agents.DATASET):
+    if agent.learns_from == agents.MODEL_THEN_DATASET:
         raise config_lib.ConfigError(
             f"{spec.algo} learns from {agent.learns_from!r}, which the runner cannot train yet"
         )
@@ -88,7 +89,7 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
         if spec.dataset is not None:
             raise config_lib.ConfigError(
                 f"{spec.algo} learns online, from its env; --dataset is for the offline agents "
-                f"({', '.join(agents.names(agents.DATASET))})"
+                f"({', '.join(agents.names(agents.DATASET, agents.DATASET_THEN_ENV))})"
             )
     else:
         if spec.dataset is None:
@@ -128,19 +129,32 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     return dataclasses.replace(spec, env=env)
 
 
+def check_fine_tuning(spec: RunSpec) -> None:
+    """ConfigError for online steps asked of an agent that cannot fine-tune online."""
+    if "online_steps" in spec.agent and not agents.declaration(spec.algo).fine_tunes:
+        raise config_lib.ConfigError(
+            f"{spec.algo} cannot fine-tune online (--online-steps); the agents that can: "
+            f"{', '.join(agents.names(agents.DATASET_THEN_ENV))}"
+        )
+
+
 def check_budget(spec: RunSpec) -> None:
     """FieldOutOfRange for a budget whose updates or steps per member overflow int32 counters,
     before anything is built (a budget of 1e30 would otherwise hang in planning its chunks)."""
     agent = agents.declaration(spec.algo)
     config = config_lib.make_config(agent.module.Config, spec.agent)
     steps_per_update = 1 if agent.from_dataset else config.steps_per_update
-    if config.num_updates > MAX_STEPS or config.num_updates * steps_per_update > MAX_STEPS:
-        unit = "gradient steps" if agent.from_dataset else "env steps"
-        raise config_lib.FieldOutOfRange(
-            f"{agent.budget_field}={getattr(config, agent.budget_field)} is out of range: a run "
-            f"takes at most 2**31 - 1 = {MAX_STEPS:,} {unit} per member (its step counters "
-            "are int32); split a longer run into several, each resuming the last"
-        )
+    budgets = [(agent.budget_field, config.num_updates, config.num_updates * steps_per_update)]
+    if agent.fine_tunes:
+        budgets.append(("online_steps", config.num_online_updates, config.online_steps))
+    for field, updates, steps in budgets:
+        if updates > MAX_STEPS or steps > MAX_STEPS:
+            unit = "gradient steps" if field == "total_updates" else "env steps"
+            raise config_lib.FieldOutOfRange(
+                f"{field}={getattr(config, field)} is out of range: a run takes at most "
+                f"2**31 - 1 = {MAX_STEPS:,} {unit} per member (its step counters are int32); "
+                "split a longer run into several, each resuming the last"
+            )
 
 
 def dataset_sha256(name) -> str:
