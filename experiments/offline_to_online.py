@@ -12,10 +12,10 @@ the references stored with the data), mean over seeds with the seeds' spread:
 * ``final``: the last evaluation, after M online steps (SAC: ``--eval-episodes`` greedy
   episodes of its final policy).
 
-Every run evaluates ``--eval-episodes`` deterministic episodes after each chunk of
-``--chunk-updates`` updates (offline gradient steps, then online env steps). Writes the table
-(``table.json``, the markdown printed) and one curve per dataset (``curves-KIND.png``) beside
-the runs; finished runs under ``--out`` are reused.
+Every run evaluates ``--eval-episodes`` deterministic episodes after each chunk of ``--chunk``
+updates (offline gradient steps, then online env steps; ``settings`` gives the exceptions).
+Writes the table (``table.json``, the markdown printed) and one curve per dataset
+(``curves-KIND.png``) beside the runs; finished runs under ``--out`` are reused.
 
     python experiments/offline_to_online.py [--agents iql,cql,calql,wsrl,famo2o,uni_o4]
         [--kinds medium,medium-replay] [--offline-steps 10000] [--online-steps 10000]
@@ -47,6 +47,22 @@ SAC = {
 }  # fmt: skip
 
 
+def settings(algo: str, args) -> tuple[dict, int | None]:
+    """(agent fields, updates per chunk) beyond the papers' defaults, scaled to the budget:
+    WSRL's warm-up is a tenth of the online steps (5000 of 500k in the paper) at batch 256;
+    Uni-O4 improves for the last fifth of the offline steps, scores its OPE by model rollouts of
+    100 steps (1000 overflow with a model trained this briefly; the authors' README says to
+    shorten them when the OPE's Q explodes) and collects 1000 steps per PPO
+    update in minibatches of 125 (the authors: 2048 in 16), evaluated after each (its online
+    updates are few, so chunks hold one)."""
+    if algo == "wsrl":
+        return {"warmup_steps": args.online_steps // 10, "online_batch_size": 256}, args.chunk
+    if algo == "uni_o4":
+        fields = {"improvement_updates": args.offline_steps // 5, "rollout_steps": 100}
+        return fields | {"num_steps": 1000, "num_minibatches": 8}, None
+    return {}, args.chunk
+
+
 def dataset(directory: Path, kind: str) -> Path:
     path = directory / f"{RECIPES['Pendulum-v1'].tag}-{kind}.hdf5"
     if not path.exists():
@@ -64,11 +80,12 @@ def fine_tune(algo: str, path: Path, out: Path, args, hidden) -> dict:
     """Scores (seeds,) at the offline phase's end, the online dip and the end; the curve."""
     run = out / algo
     if not (run / "summary.json").exists():
+        fields, chunk = settings(algo, args)
         spec = RunSpec(
             algo=algo, env=ENV, seeds=args.seeds, dataset=str(path),
             agent={"total_updates": args.offline_steps, "online_steps": args.online_steps,
-                   **networks(algo, hidden)},
-            eval_episodes=args.eval_episodes, chunk_updates=args.chunk_updates,
+                   **networks(algo, hidden), **fields},
+            eval_episodes=args.eval_episodes, chunk_updates=chunk,
         )  # fmt: skip
         train(spec, run, print_fn=lambda *_: None)
     summary = json.loads((run / "summary.json").read_text())
@@ -81,7 +98,8 @@ def fine_tune(algo: str, path: Path, out: Path, args, hidden) -> dict:
     steps = steps[evaluated]
     boundary = summary["offline_updates"]
     online = steps > boundary
-    first_quarter = online & (steps <= boundary + args.online_steps / 4)
+    # The first quarter of the online phase, or its first evaluation if that comes later.
+    first_quarter = online & (steps <= max(boundary + args.online_steps / 4, steps[online][0]))
     return {
         "offline": scores[:, ~online][:, -1],
         "dip": scores[:, first_quarter].min(axis=1),
@@ -114,7 +132,7 @@ def main():
     parser.add_argument("--kinds", default="medium,medium-replay")
     parser.add_argument("--offline-steps", type=int, default=10_000)
     parser.add_argument("--online-steps", type=int, default=10_000)
-    parser.add_argument("--chunk-updates", type=int, default=500)
+    parser.add_argument("--chunk", type=int, default=500, help="updates between evaluations")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--hidden", default="64,64", help="hidden layer sizes of every network")
     parser.add_argument("--eval-episodes", type=int, default=10)
