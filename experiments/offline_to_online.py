@@ -15,7 +15,8 @@ the references stored with the data), mean over seeds with the seeds' spread:
 Every run evaluates ``--eval-episodes`` deterministic episodes after each chunk of ``--chunk``
 updates (offline gradient steps, then online env steps; ``settings`` gives the exceptions).
 Writes the table (``table.json``, the markdown printed) and one curve per dataset
-(``curves-KIND.png``) beside the runs; finished runs under ``--out`` are reused.
+(``curves-KIND.png``) beside the runs; finished runs under ``--out`` are reused, interrupted
+ones resumed.
 
     python experiments/offline_to_online.py [--agents iql,cql,calql,wsrl,famo2o,uni_o4]
         [--kinds medium,medium-replay] [--offline-steps 10000] [--online-steps 10000]
@@ -87,7 +88,7 @@ def fine_tune(algo: str, path: Path, out: Path, args, hidden) -> dict:
                    **networks(algo, hidden), **fields},
             eval_episodes=args.eval_episodes, chunk_updates=chunk,
         )  # fmt: skip
-        train(spec, run, print_fn=lambda *_: None)
+        train(spec, run, resume=run.exists(), print_fn=lambda *_: None)
     summary = json.loads((run / "summary.json").read_text())
     table = read_tables([run / "metrics.csv"])
     members, updates = args.seeds, summary["num_updates"]
@@ -116,7 +117,7 @@ def from_scratch(path: Path, out: Path, args, hidden) -> dict:
             algo="sac", env=ENV, seeds=args.seeds,
             agent={**SAC, "total_timesteps": args.online_steps, "hidden_sizes": hidden},
         )  # fmt: skip
-        train(spec, run, print_fn=lambda *_: None)
+        train(spec, run, resume=run.exists(), print_fn=lambda *_: None)
     returns = evaluate_run(run, episodes=args.eval_episodes, deterministic=True)[0]
     return {"final": normalized_score(returns.mean(axis=1), *references(load(path)[1]))}
 

@@ -515,6 +515,33 @@ def test_train_is_init_then_a_scan_of_update(name):
             assert np.isfinite(value).all(), f"{name}: metric {key} = {value}"
 
 
+def checkpoint_round_trip(state, directory: Path):
+    """``state`` saved by the runner's checkpoints (orbax) and restored: orbax refuses some
+    leaves a state could hold (an empty array, for one)."""
+    from rljax.runner.checkpoint import Checkpoints
+
+    checkpoints = Checkpoints(directory)
+    try:
+        checkpoints.save(1, state)
+        layout = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        )
+        _, restored = checkpoints.restore_latest(lambda _: layout)
+    finally:
+        checkpoints.close()
+    for (path, a), (_, b) in zip(
+        leaves_with_paths(state), leaves_with_paths(restored), strict=True
+    ):
+        np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+@parametrize_names
+def test_the_train_state_checkpoints(name, tmp_path):
+    """What training leaves is what a checkpoint gives back."""
+    (state, _), _, _ = train_and_scan(name)
+    checkpoint_round_trip(state, tmp_path / "checkpoints")
+
+
 DATASET_NAMES = [n for n in NAMES if agents.declaration(n).from_dataset]
 
 
@@ -660,7 +687,7 @@ FINE_TUNING_NAMES = [n for n in NAMES if agents.declaration(n).fine_tunes]
 
 
 @pytest.mark.parametrize("name", FINE_TUNING_NAMES, ids=FINE_TUNING_NAMES)
-def test_fine_tuning_online_phase(name):
+def test_fine_tuning_online_phase(name, tmp_path):
     """A fine-tuning agent, from init on a dataset of Pendulum's shapes (obs 3, action 1), on
     Pendulum-v1 acting in [-1, 1], with online_steps = 2 num_envs: the online functions have the
     Protocol's parameters; begin_online then two update_online (under jit) give per-iteration
@@ -714,3 +741,4 @@ def test_fine_tuning_online_phase(name):
         action = np.asarray(action)
         assert action.shape == (3, 1), f"{name}: deterministic={deterministic}: {action.shape}"
         assert (np.abs(action) <= 1).all(), f"{name}: deterministic={deterministic}: {action}"
+    checkpoint_round_trip(online, tmp_path / "checkpoints")

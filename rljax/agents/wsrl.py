@@ -197,7 +197,7 @@ class TrainState:
     actor_opt: Any
     critic_opt: Any
     alpha_opt: Any
-    mc_returns: jax.Array  # (rows,) the dataset's return-to-go under Cal-QL; (0,) under CQL
+    mc_returns: Any  # (rows,) the dataset's return-to-go under Cal-QL; None under CQL
     rng: jax.Array
     update_step: jax.Array  # gradient steps done so far
 
@@ -623,7 +623,7 @@ def init(config: Config, dataset, rng: jax.Array) -> TrainState:
         ends = jnp.maximum(jnp.asarray(dataset.terminals), jnp.asarray(dataset.timeouts))
         mc_returns = return_to_go(rewards, ends.astype(jnp.float32), config.gamma)
     else:
-        mc_returns = jnp.zeros((0,))
+        mc_returns = None  # nothing, rather than an empty array: checkpoints cannot hold those
     actor, critic = _networks(config, actions.shape[1])
     rng, actor_key, critic_key = jax.random.split(rng, 3)
     dummy_obs, dummy_action = jnp.zeros(obs.shape[1]), jnp.zeros(actions.shape[1])
