@@ -24,13 +24,14 @@ from rljax.runner import spec as spec_lib
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.distributed import any_process, barrier, gather, is_primary, owned_members
 from rljax.runner.errors import Divergence, Interrupted
-from rljax.runner.guard import StopSignals, first_failures
+from rljax.runner.guard import StopSignals, first_failures, logged_failures
 from rljax.runner.program import Program, build_program, chunk_updates
 from rljax.runner.rundir import check_free, check_sinks, run_directory
 from rljax.runner.sinks import (
     CsvLog,
     TensorBoardSink,
     WandbSink,
+    metric_rows,
     read_tables,
     write_table,
 )
@@ -76,7 +77,7 @@ def train(
         metadata.enable_compilation_cache()
         program = build_program(spec, inner_wrapper=inner_wrapper)
         num_updates, boundary = program.num_updates, program.offline_updates
-        chunks = _chunks(program)
+        chunks = program.chunks()
         source = (
             f"dataset {spec.dataset} (evaluated on {spec.env['name']})"
             if program.agent.from_dataset
@@ -138,7 +139,10 @@ def train(
         barrier("rljax: run files written")
         log = CsvLog(_own_metric_file(out), metric_names)
         owned = owned_members(program.sharding, members)
-        failures = _logged_failures(out, members, done, boundary, phase_metrics)
+        failures = {}
+        if done:  # resumed: the failures its logged metrics hold
+            table = read_tables(_metric_files(out))
+            failures = logged_failures(table, members, done, boundary, phase_metrics)
         sinks = _sinks(out, spec, tensorboard, wandb_project) if is_primary() else []
 
         directory.started = True  # from here on a failed run keeps its directory
@@ -169,7 +173,7 @@ def train(
                     empty = np.full((members, size), np.nan)  # the other phase's metrics
                     logged = {name: metrics.get(name, empty) for name in metric_names}
                     steps = program.steps(updates)
-                    log.append(_rows(program.members, owned, updates, steps, logged))
+                    log.append(metric_rows(program.members, owned, updates, steps, logged))
                     for sink in sinks:
                         sink.write(steps, metrics)
                     _guard(program, failures, found, checkpoints, say)
@@ -256,19 +260,6 @@ def _guard(program: Program, failures: dict, found: dict, checkpoints, say) -> N
         )
 
 
-def _chunks(program: Program) -> list[tuple[int, int]]:
-    """(first update, updates) of every chunk of the run: the offline (or only) phase's, then
-    the online phase's."""
-    num_updates, per_chunk = program.base.num_updates, chunk_updates(program)
-    chunks = [(first, per_chunk) for first in range(0, num_updates, per_chunk)]
-    if program.online_updates:
-        per_chunk = chunk_updates(program, online=True)
-        chunks += [
-            (first, per_chunk) for first in range(num_updates, program.num_updates, per_chunk)
-        ]
-    return chunks
-
-
 def _write_run_files(out: Path, program: Program, shapes: dict, dataset_sha256: str | None):
     """config.yaml (with the dataset's SHA-256) and the state's structure (of each phase) once;
     run_info.json gains one record per start."""
@@ -290,40 +281,3 @@ def _write_run_files(out: Path, program: Program, shapes: dict, dataset_sha256: 
     info = out / "run_info.json"
     starts = json.loads(info.read_text())["starts"] if info.exists() else []
     info.write_text(json.dumps({"starts": [*starts, metadata.environment()]}, indent=2))
-
-
-def _logged_failures(
-    out: Path, num_members: int, done: int, boundary: int, phase_metrics: dict
-) -> dict:
-    """Failures found again in the logged metrics of a resumed run (none for a new one), each
-    phase's rows in that phase's metrics (the other phase's columns are empty there)."""
-    if done == 0:
-        return {}
-    table = read_tables(_metric_files(out))
-    failures = {}
-    fine_tuning = True in phase_metrics
-    spans = [(False, 0, min(done, boundary) if fine_tuning else done)]
-    spans += [(True, boundary, done)] if fine_tuning else []
-    for online, begin, end in spans:
-        if end <= begin:
-            continue
-        metrics = {
-            name: table[name].reshape(num_members, done)[:, begin:end]
-            for name in phase_metrics[online]
-        }
-        found = first_failures(metrics, np.arange(begin + 1, end + 1), np.ones(num_members, bool))
-        failures = found | failures  # the earlier phase's failure first
-    return failures
-
-
-def _rows(members, owned, updates, steps, metrics) -> list[list]:
-    """metrics.csv rows of this process's members (``steps``: the step axis at ``updates``)."""
-    names = sorted(metrics)
-    rows = []
-    for m in owned:
-        config_index, seed_index = members[m]
-        for k, update in enumerate(updates):
-            values = [float(metrics[name][m, k]) for name in names]
-            rows.append([m, config_index, seed_index, int(update), int(steps[k])])
-            rows[-1].extend(values)
-    return rows

@@ -13,14 +13,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from gymnax.environments import spaces
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rljax import agents, data, envs
 from rljax.runner import config as config_lib
 from rljax.runner import evaluation
 from rljax.runner.guard import params_finite
-from rljax.runner.spec import RunSpec
+from rljax.runner.spec import RunSpec, check_evaluation_env
 
 
 def over_members(fn):
@@ -87,6 +86,17 @@ class Program:
         if not self.online_updates:
             return updates * self.steps_per_update
         return updates - online + online * self.base.steps_per_update
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """(first update, updates) of every chunk: the offline (or only) phase's, then the
+        online phase's."""
+        per_chunk = chunk_updates(self)
+        chunks = [(first, per_chunk) for first in range(0, self.base.num_updates, per_chunk)]
+        if self.online_updates:
+            per_chunk = chunk_updates(self, online=True)
+            first_online = range(self.base.num_updates, self.num_updates, per_chunk)
+            chunks += [(first, per_chunk) for first in first_online]
+        return chunks
 
     def online_after(self, update: int) -> bool:
         """Whether the train state after ``update`` updates is a fine-tuning run's online one
@@ -233,47 +243,6 @@ def _references(metadata: dict, name: str) -> tuple | None:
         return data.references(metadata, name)
     except data.NoReferenceScores:
         return None
-
-
-# Actions recorded in float32 after clipping to [-1, 1] may overshoot it by rounding.
-ACTION_SLACK = 1e-5
-
-
-def check_evaluation_env(spec: RunSpec, agent, dataset, env, env_params) -> None:
-    """The env a dataset agent is evaluated in must take the dataset's observations and
-    actions (continuous ones in [-1, 1]) and, for a goal-conditioned agent, set goals."""
-    name = spec.env["name"]
-    if agent.goal_conditioned and not hasattr(env, "num_tasks"):
-        raise config_lib.ConfigError(
-            f"{spec.algo} is goal-conditioned, but {name} sets no goals: evaluate it on a "
-            "goal-conditioned env (rljax/PointMaze-*, rljax/GridMaze-*)"
-        )
-    obs_shape = tuple(env.observation_space(env_params).shape)
-    if obs_shape != tuple(dataset.observations.shape[1:]):
-        raise config_lib.ConfigError(
-            f"{name} observes shape {obs_shape} but the dataset {spec.dataset} holds "
-            f"observations of shape {tuple(dataset.observations.shape[1:])}: evaluate on the "
-            "env the data came from (leave out --env to use the one its metadata records)"
-        )
-    space = env.action_space(env_params)
-    if isinstance(space, spaces.Box):
-        if tuple(space.shape) != tuple(dataset.actions.shape[1:]):
-            raise config_lib.ConfigError(
-                f"{name} takes actions of shape {tuple(space.shape)} but the dataset's have "
-                f"shape {tuple(dataset.actions.shape[1:])}"
-            )
-        low, high = float(dataset.actions.min()), float(dataset.actions.max())
-        if low < -1 - ACTION_SLACK or high > 1 + ACTION_SLACK:
-            raise config_lib.ConfigError(
-                f"the dataset {spec.dataset} holds actions in [{low:.4g}, {high:.4g}], but "
-                "offline agents learn actions in [-1, 1]: rescale them from the env's bounds "
-                f"with `rljax data convert {spec.dataset} OUT --rescale-actions` and train on OUT"
-            )
-        if not (np.allclose(space.low, -1) and np.allclose(space.high, 1)):
-            raise config_lib.ConfigError(
-                f"{name} acts in [{np.min(space.low)}, {np.max(space.high)}] but offline agents "
-                f"act in [-1, 1], as datasets store actions: set env.unit_actions=true"
-            )
 
 
 def member_sharding(num_members: int) -> NamedSharding:

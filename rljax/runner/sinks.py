@@ -31,6 +31,19 @@ class CsvLog:
             csv.writer(f).writerows(kept)
 
 
+def metric_rows(members, owned, updates, steps, metrics) -> list[list]:
+    """metrics.csv rows of this process's members (``steps``: the step axis at ``updates``)."""
+    names = sorted(metrics)
+    rows = []
+    for m in owned:
+        config_index, seed_index = members[m]
+        for k, update in enumerate(updates):
+            values = [float(metrics[name][m, k]) for name in names]
+            rows.append([m, config_index, seed_index, int(update), int(steps[k])])
+            rows[-1].extend(values)
+    return rows
+
+
 def read_tables(paths: list[Path]) -> dict[str, np.ndarray]:
     """Rows of several metrics files (one per process, or per session), each (member, update)
     once, sorted by member then update, as column arrays."""

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from rljax import agents, data
@@ -204,3 +205,46 @@ def load_run(run_dir) -> RunSpec:
     if not (run_dir / "config.yaml").exists():
         raise RunError(f"{run_dir} is not a run directory (it has no config.yaml)")
     return RunSpec.load(run_dir / "config.yaml")
+
+
+# Actions recorded in float32 after clipping to [-1, 1] may overshoot it by rounding.
+ACTION_SLACK = 1e-5
+
+
+def check_evaluation_env(spec: RunSpec, agent, dataset, env, env_params) -> None:
+    """The env a dataset agent is evaluated in must take the dataset's observations and
+    actions (continuous ones in [-1, 1]) and, for a goal-conditioned agent, set goals."""
+    from gymnax.environments import spaces  # here only: the CLI checks specs before jax loads
+
+    name = spec.env["name"]
+    if agent.goal_conditioned and not hasattr(env, "num_tasks"):
+        raise config_lib.ConfigError(
+            f"{spec.algo} is goal-conditioned, but {name} sets no goals: evaluate it on a "
+            "goal-conditioned env (rljax/PointMaze-*, rljax/GridMaze-*)"
+        )
+    obs_shape = tuple(env.observation_space(env_params).shape)
+    if obs_shape != tuple(dataset.observations.shape[1:]):
+        raise config_lib.ConfigError(
+            f"{name} observes shape {obs_shape} but the dataset {spec.dataset} holds "
+            f"observations of shape {tuple(dataset.observations.shape[1:])}: evaluate on the "
+            "env the data came from (leave out --env to use the one its metadata records)"
+        )
+    space = env.action_space(env_params)
+    if isinstance(space, spaces.Box):
+        if tuple(space.shape) != tuple(dataset.actions.shape[1:]):
+            raise config_lib.ConfigError(
+                f"{name} takes actions of shape {tuple(space.shape)} but the dataset's have "
+                f"shape {tuple(dataset.actions.shape[1:])}"
+            )
+        low, high = float(dataset.actions.min()), float(dataset.actions.max())
+        if low < -1 - ACTION_SLACK or high > 1 + ACTION_SLACK:
+            raise config_lib.ConfigError(
+                f"the dataset {spec.dataset} holds actions in [{low:.4g}, {high:.4g}], but "
+                "offline agents learn actions in [-1, 1]: rescale them from the env's bounds "
+                f"with `rljax data convert {spec.dataset} OUT --rescale-actions` and train on OUT"
+            )
+        if not (np.allclose(space.low, -1) and np.allclose(space.high, 1)):
+            raise config_lib.ConfigError(
+                f"{name} acts in [{np.min(space.low)}, {np.max(space.high)}] but offline agents "
+                f"act in [-1, 1], as datasets store actions: set env.unit_actions=true"
+            )
