@@ -155,9 +155,15 @@ def main():
             print(rows[-1], flush=True)
             record[f"{kind}/{algo}"] = {k: np.asarray(v).tolist() for k, v in scores.items()
                                         if k != "curve"}  # fmt: skip
-        steps, _, boundary = found[names[0]]["curve"]
+        # One step axis for every agent: each evaluated at its own steps, NaN at the others'.
+        steps = np.unique(np.concatenate([found[a]["curve"][0] for a in names]))
+        curves = {}
+        for algo in names:
+            own, scores, boundary = found[algo]["curve"]
+            curves[algo] = np.full((args.seeds, len(steps)), np.nan)
+            curves[algo][:, np.searchsorted(steps, own)] = scores
         results.plot_curves(
-            out / f"curves-{kind}.png", steps, {a: found[a]["curve"][1] for a in names},
+            out / f"curves-{kind}.png", steps, curves,
             f"Pendulum-v1 {kind}: offline, then online", "gradient steps, then env steps",
             "normalized score", boundary=boundary,
         )  # fmt: skip
