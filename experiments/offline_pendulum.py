@@ -41,9 +41,10 @@ def datasets(directory: Path) -> dict[str, Path]:
 
 
 def sizes(algo: str, hidden: list[int]) -> dict:
-    """``hidden`` for every network of the agent: A2PR's VAE has a width field of its own."""
+    """``hidden`` for every network of the agent, each sized by a ``*hidden_sizes`` field
+    (A2PR's VAE and Uni-O4's networks have fields of their own)."""
     fields = {f.name for f in dataclasses.fields(agents.get(algo).Config)}
-    return {name: hidden for name in ("hidden_sizes", "vae_hidden_sizes") if name in fields}
+    return {name: hidden for name in fields if name.endswith("hidden_sizes")}
 
 
 def data_score(path: Path) -> float:

@@ -24,13 +24,12 @@ ones resumed.
 """
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+from offline_pendulum import sizes  # experiments/ is on the path of a script run there
 
-from rljax import agents
 from rljax.data import load, normalized_score, references
 from rljax.generate.d4rl import RECIPES, generate_all
 from rljax.runner import results
@@ -71,12 +70,6 @@ def dataset(directory: Path, kind: str) -> Path:
     return path
 
 
-def networks(algo: str, hidden: list[int]) -> dict:
-    """``hidden`` for every network the agent sizes with a ``*hidden_sizes`` field."""
-    fields = {f.name for f in dataclasses.fields(agents.get(algo).Config)}
-    return {name: hidden for name in fields if name.endswith("hidden_sizes")}
-
-
 def fine_tune(algo: str, path: Path, out: Path, args, hidden) -> dict:
     """Scores (seeds,) at the offline phase's end, the online dip and the end; the curve."""
     run = out / algo
@@ -85,7 +78,7 @@ def fine_tune(algo: str, path: Path, out: Path, args, hidden) -> dict:
         spec = RunSpec(
             algo=algo, env=ENV, seeds=args.seeds, dataset=str(path),
             agent={"total_updates": args.offline_steps, "online_steps": args.online_steps,
-                   **networks(algo, hidden), **fields},
+                   **sizes(algo, hidden), **fields},
             eval_episodes=args.eval_episodes, chunk_updates=chunk,
         )  # fmt: skip
         train(spec, run, resume=run.exists(), print_fn=lambda *_: None)

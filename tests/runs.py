@@ -1,10 +1,12 @@
-"""Shared by the tests: a tiny runner spec, a silent printer, checkpoint contents, and the
-offline agents' tiny synthetic dataset and the Pendulum dataset their learning checks train on."""
+"""Shared by the tests: a tiny runner spec, a silent printer, checkpoint contents, the offline
+agents' tiny synthetic dataset and the Pendulum dataset their learning checks train on, and the
+goal-conditioned agents' tiny dataset, hand-set one-unit networks and open-square dataset."""
 
 import dataclasses
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rljax.data import Dataset
@@ -62,3 +64,74 @@ def synthetic_dataset(n=64, obs_dim=3, action_dim=2, seed=0, action_scale=1.0) -
         timeouts=timeouts,
         next_observations=rng.normal(2.0, 3.0, (n, obs_dim)),
     )
+
+
+def goal_dataset(lengths=(4, 1, 5), discrete=False, seed=0) -> Dataset:
+    """The goal-conditioned agents' tiny dataset: trajectories laid end to end, each ending in a
+    timeout; observation = (row, 0), so a goal's row can be read off it; actions in [-1, 1]^2
+    or in {0, 1, 2}."""
+    rng = np.random.default_rng(seed)
+    n = sum(lengths)
+    obs = np.stack([np.arange(n), np.zeros(n)], -1).astype(np.float32)
+    timeouts = np.zeros(n, np.float32)
+    timeouts[np.cumsum(lengths) - 1] = 1
+    actions = rng.integers(0, 3, n).astype(np.int32) if discrete else rng.uniform(-1, 1, (n, 2))
+    return Dataset.from_arrays(
+        observations=obs, actions=actions, rewards=np.zeros(n), terminals=np.zeros(n),
+        timeouts=timeouts, next_observations=obs + np.array([1.0, 0.0], np.float32),
+    )  # fmt: skip
+
+
+def one_unit(params, scale, bias, pick=None):
+    """A network built with hidden_sizes=(1,) and no LayerNorm, made to compute
+    scale * (x[pick] + 10) + bias, or the constant ``bias`` when pick is None: the hidden unit
+    is GELU(x[pick] + 10), which is exactly x[pick] + 10 in float32 for x[pick] > -2. Twins
+    take one scale and bias per head; an actor's bias is its mean or logits."""
+    params = jax.tree.map(jnp.zeros_like, params)
+    layers = params["params"]
+    layers = layers.get("VmapValue_0", layers)
+    first, last = layers["Dense_0"], layers["Dense_1"]
+    if pick is not None:
+        first["kernel"] = first["kernel"].at[..., pick, :].set(1.0)
+    first["bias"] = first["bias"] + 10.0
+    lead = last["bias"].shape[:-1]  # (2,) for twins
+    last["kernel"] = last["kernel"] + jnp.reshape(jnp.asarray(scale, jnp.float32), (*lead, 1, 1))
+    last["bias"] = last["bias"] + jnp.reshape(jnp.asarray(bias, jnp.float32), (*lead, -1))
+    return params
+
+
+def one_unit_free(actor_params, bias):
+    """Any actor made to output ``bias`` everywhere: zero weights, last layer's bias."""
+    params = jax.tree.map(jnp.zeros_like, actor_params)
+    layers = params["params"]
+    last = max(layers, key=lambda k: int(k.split("_")[1]))
+    layers[last]["bias"] = jnp.asarray(bias, jnp.float32)
+    return params
+
+
+def straight_line_dataset(rng, episodes=300, horizon=40, speed=0.05) -> Dataset:
+    """OGBench-style navigation in the open square [0, 1]^2, as in the goal-conditioned agents'
+    __main__: x' = clip(x + speed a), a noisy (sigma 0.5) unit step toward one random target
+    per trajectory, each ending in a timeout. The goal-conditioned learning checks train on it."""
+
+    def navigate(key):
+        start_key, target_key, key = jax.random.split(key, 3)
+        x0, target = jax.random.uniform(start_key, (2,)), jax.random.uniform(target_key, (2,))
+
+        def step(x, k):
+            direction = (target - x) / (jnp.linalg.norm(target - x) + 1e-6)
+            a = jnp.clip(direction + 0.5 * jax.random.normal(k, (2,)), -1, 1)
+            x_next = jnp.clip(x + speed * a, 0, 1)
+            return x_next, (x, a, x_next)
+
+        return jax.lax.scan(step, x0, jax.random.split(key, horizon))[1]
+
+    obs, actions, next_obs = jax.vmap(navigate)(jax.random.split(rng, episodes))
+    n = episodes * horizon
+    timeouts = np.zeros((episodes, horizon), np.float32)
+    timeouts[:, -1] = 1
+    return Dataset.from_arrays(
+        observations=obs.reshape(n, 2), actions=actions.reshape(n, 2), rewards=np.zeros(n),
+        terminals=np.zeros(n), timeouts=timeouts.reshape(n),
+        next_observations=next_obs.reshape(n, 2),
+    )  # fmt: skip

@@ -89,6 +89,15 @@ def test_train_eval_and_envs_end_to_end(tmp_path):
         (["train", "ppo", "--config", "tests/data/broken_preset.yaml"], "is not valid YAML"),
         (["train", "ppo", "--config", "configs/ppo/missing.yaml"], "No such file"),
         (["train", "ppo", "--config", "tests/data/typo_preset.yaml"], "unknown key(s) agnet"),
+        (
+            ["train", "ppo", "--env", "CartPole-v1", "--offline-steps", "10"],
+            "--offline-steps is for the offline agents",
+        ),
+        (
+            ["train", "bc", "--dataset", "d.hdf5", "--online-steps", "10"],
+            "bc cannot fine-tune online (--online-steps); the agents that can: calql, cql",
+        ),
+        (["train", "iql", "--dataset", "d.hdf5", "--online-steps", "inf"], "is not a finite"),
     ],
 )
 def test_bad_input_is_one_named_error(args, message, tmp_path, capsys, monkeypatch):

@@ -10,47 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from runs import goal_dataset, one_unit, one_unit_free, straight_line_dataset
 
 from rljax.agents import gcbc, gciql, gcivl
-from rljax.data import Dataset
 
 AGENTS = [gcbc, gcivl, gciql]
 TINY = dict(batch_size=32, hidden_sizes=(8,))  # one small layer: XLA compiles it faster
-HAND = dict(hidden_sizes=(1,))  # one hidden unit: see one_unit
+HAND = dict(hidden_sizes=(1,))  # one hidden unit: see runs.one_unit
 LOG_2PI = float(np.log(2 * np.pi))
-
-
-def tiny_dataset(lengths=(4, 1, 5), discrete=False, seed=0) -> Dataset:
-    """Trajectories laid end to end, each ending in a timeout; observation = (row, 0), so a
-    goal's row can be read off it; actions in [-1, 1]^2 or in {0, 1, 2}."""
-    rng = np.random.default_rng(seed)
-    n = sum(lengths)
-    obs = np.stack([np.arange(n), np.zeros(n)], -1).astype(np.float32)
-    timeouts = np.zeros(n, np.float32)
-    timeouts[np.cumsum(lengths) - 1] = 1
-    actions = rng.integers(0, 3, n).astype(np.int32) if discrete else rng.uniform(-1, 1, (n, 2))
-    return Dataset.from_arrays(
-        observations=obs, actions=actions, rewards=np.zeros(n), terminals=np.zeros(n),
-        timeouts=timeouts, next_observations=obs + np.array([1.0, 0.0], np.float32),
-    )  # fmt: skip
-
-
-def one_unit(params, scale, bias, pick=None):
-    """A network built with hidden_sizes=(1,) and no LayerNorm, made to compute
-    scale * (x[pick] + 10) + bias, or the constant ``bias`` when pick is None: the hidden unit
-    is GELU(x[pick] + 10), which is exactly x[pick] + 10 in float32 for x[pick] > -2. Twins
-    take one scale and bias per head; an actor's bias is its mean or logits."""
-    params = jax.tree.map(jnp.zeros_like, params)
-    layers = params["params"]
-    layers = layers.get("VmapValue_0", layers)
-    first, last = layers["Dense_0"], layers["Dense_1"]
-    if pick is not None:
-        first["kernel"] = first["kernel"].at[..., pick, :].set(1.0)
-    first["bias"] = first["bias"] + 10.0
-    lead = last["bias"].shape[:-1]  # (2,) for twins
-    last["kernel"] = last["kernel"] + jnp.reshape(jnp.asarray(scale, jnp.float32), (*lead, 1, 1))
-    last["bias"] = last["bias"] + jnp.reshape(jnp.asarray(bias, jnp.float32), (*lead, -1))
-    return params
 
 
 def hand_batch(**arrays):
@@ -66,7 +33,7 @@ def hand_batch(**arrays):
 
 def test_gcbc_loss_by_hand():
     config = gcbc.Config(**HAND)
-    params = gcbc.init(config, tiny_dataset(), jax.random.PRNGKey(0)).params
+    params = gcbc.init(config, goal_dataset(), jax.random.PRNGKey(0)).params
     actor = one_unit(params.actor, 0.0, [0.5, -0.5])  # mu = (0.5, -0.5), std 1
     batch = hand_batch(actions=[[1.0, 0.0], [0.5, 0.5]])
     # log pi = -||a - mu||^2 / 2 - log(2 pi): -(0.25 + 0.25) / 2 and -(0 + 1) / 2, less log(2 pi)
@@ -77,7 +44,7 @@ def test_gcbc_loss_by_hand():
 
 def test_gcbc_discrete_loss_by_hand():
     config = gcbc.Config(**HAND, discrete=True)
-    params = gcbc.init(config, tiny_dataset(discrete=True), jax.random.PRNGKey(0)).params
+    params = gcbc.init(config, goal_dataset(discrete=True), jax.random.PRNGKey(0)).params
     assert params.action_dim == 3  # the largest action in the data + 1
     actor = one_unit(params.actor, 0.0, [0.0, np.log(3.0), -np.inf])  # probabilities 1/4, 3/4, 0
     batch = hand_batch(actions=jnp.array([0, 1]))
@@ -99,7 +66,7 @@ def test_gcivl_value_loss_by_hand():
     the advantage would make row 2's advantage -2; the mean of Vbar in the bootstrap would
     make row 3's +0.3: each changes L."""
     config = gcivl.Config(**HAND, layer_norm=False, discount=0.9, expectile=0.9)
-    params = gcivl.init(config, tiny_dataset(), jax.random.PRNGKey(0)).params
+    params = gcivl.init(config, goal_dataset(), jax.random.PRNGKey(0)).params
     target = one_unit(params.value, [0.0, 0.0], [-2.0, -4.0])
     value = one_unit(params.value, [0.0, 0.0], [3.0, 1.0])
     zeros = jnp.zeros((3, 2))
@@ -117,7 +84,7 @@ def test_gcivl_actor_loss_by_hand():
     log pi = -0.5 - log 2pi and -1 - log 2pi, L = (e^2 (0.5 + log 2pi) + 100 (1 + log 2pi)) / 2.
     The reversed advantage (V(s) - V(s')) or no clip would change L by orders of magnitude."""
     config = gcivl.Config(**HAND, layer_norm=False, alpha=10.0)
-    params = gcivl.init(config, tiny_dataset(), jax.random.PRNGKey(0)).params
+    params = gcivl.init(config, goal_dataset(), jax.random.PRNGKey(0)).params
     params = params.replace(value=one_unit(params.value, [1.0, 3.0], [0.0, 0.0], pick=0))
     actor = one_unit(params.actor, 0.0, [0.0, 0.0])
     batch = hand_batch(observations=[[0.0, 0.0], [0.5, 0.0]],
@@ -136,7 +103,7 @@ def test_gciql_value_loss_by_hand():
     """u = min(Qbar) - V with target heads (2, 5): V = 1 gives u = 1 and L = 0.9 * 1; V = 4
     gives u = -2 and L = 0.1 * 4. The online critics (100) must not enter."""
     config = gciql.Config(**HAND, layer_norm=False, expectile=0.9)
-    params = gciql.init(config, tiny_dataset(), jax.random.PRNGKey(0)).params
+    params = gciql.init(config, goal_dataset(), jax.random.PRNGKey(0)).params
     params = params.replace(critic=one_unit(params.critic, [0.0, 0.0], [100.0, 100.0]))
     target = one_unit(params.critic, [0.0, 0.0], [2.0, 5.0])
     for v, expected in ((1.0, 0.9), (4.0, 0.4)):
@@ -149,7 +116,7 @@ def test_gciql_critic_loss_by_hand():
     """Targets r + 0.9 m V(s', g) with V = 2: rows (r, m) = (-1, 1), (0, 0) give 0.8 and 0.
     Heads (1, 0.5): ((0.2^2 + 1^2) + (0.3^2 + 0.5^2)) / 2 = (1.04 + 0.34) / 2 = 0.69."""
     config = gciql.Config(**HAND, layer_norm=False, discount=0.9)
-    params = gciql.init(config, tiny_dataset(), jax.random.PRNGKey(0)).params
+    params = gciql.init(config, goal_dataset(), jax.random.PRNGKey(0)).params
     params = params.replace(value=one_unit(params.value, 0.0, 2.0))
     critic = one_unit(params.critic, [0.0, 0.0], [1.0, 0.5])
     batch = hand_batch(rewards=[-1.0, 0.0], masks=[1.0, 0.0])
@@ -161,7 +128,7 @@ def test_gciql_awr_actor_loss_by_hand():
     """A = min(3, 1) - 0.5 = 0.5 with the online critics and value; alpha 2 gives weight e;
     mu = 0, action (1, 0): L = e (0.5 + log 2pi)."""
     config = gciql.Config(**HAND, layer_norm=False, actor_loss="awr", alpha=2.0)
-    params = gciql.init(config, tiny_dataset(), jax.random.PRNGKey(0)).params
+    params = gciql.init(config, goal_dataset(), jax.random.PRNGKey(0)).params
     params = params.replace(
         critic=one_unit(params.critic, [0.0, 0.0], [3.0, 1.0]),
         value=one_unit(params.value, 0.0, 0.5),
@@ -178,7 +145,7 @@ def test_gciql_ddpgbc_actor_loss_and_gradient_by_hand():
     -1 / 10.5 (the normaliser is a constant) - 0.3 (1 - 0.5); at mu = (2, 0) the clip stops
     the Q term's gradient and leaves -0.3 (1 - 2)."""
     config = gciql.Config(**HAND, layer_norm=False, alpha=0.3)
-    params = gciql.init(config, tiny_dataset(), jax.random.PRNGKey(0)).params
+    params = gciql.init(config, goal_dataset(), jax.random.PRNGKey(0)).params
     critic_input_action_x = 4  # the critic sees (s, g, a)
     params = params.replace(
         critic=one_unit(params.critic, [1.0, 2.0], [0.0, -5.0], pick=critic_input_action_x)
@@ -203,7 +170,7 @@ def test_gciql_discrete_critic_takes_one_hot_actions():
     entry of action 1: Q = (1(a = 1) + 10) - 10, V = 0, alpha 1, uniform logits. Actions 0
     and 1 get weights 1 and e: L = (1 + e) log 3 / 2."""
     config = gciql.Config(**HAND, layer_norm=False, discrete=True, actor_loss="awr", alpha=1.0)
-    params = gciql.init(config, tiny_dataset(discrete=True), jax.random.PRNGKey(0)).params
+    params = gciql.init(config, goal_dataset(discrete=True), jax.random.PRNGKey(0)).params
     params = params.replace(
         critic=one_unit(params.critic, [1.0, 1.0], [-10.0, -10.0], pick=4 + 1),
         value=one_unit(params.value, 0.0, 0.0),
@@ -218,10 +185,10 @@ def test_gciql_discrete_critic_takes_one_hot_actions():
 
 
 @pytest.mark.parametrize("agent", AGENTS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
-def test_sample_batch_goals_on_a_tiny_dataset(agent):
+def test_sample_batch_goals_on_a_goal_dataset(agent):
     """Default actor goals are later rows of the same trajectory (the final row's is itself);
     goal observations are dataset rows; next_observations and actions follow the row."""
-    dataset = tiny_dataset()
+    dataset = goal_dataset()
     config = agent.Config(**TINY)
     batch = jax.jit(lambda k: agent.sample_batch(config, dataset, k))(jax.random.PRNGKey(0))
     keys = {"observations", "actions", "next_observations", "value_goals", "actor_goals",
@@ -245,7 +212,7 @@ def test_act_on_single_and_batched_inputs(agent):
     extra = {"actor_loss": "awr"} if agent is gciql else {}
     for discrete in (False, True):
         config = agent.Config(**TINY, discrete=discrete, **extra)
-        state = agent.init(config, tiny_dataset(discrete=discrete), jax.random.PRNGKey(0))
+        state = agent.init(config, goal_dataset(discrete=discrete), jax.random.PRNGKey(0))
         actor = one_unit_free(state.params.actor, [3.0, -0.2, 0.1][: state.params.action_dim])
         params = state.params.replace(actor=actor)
         obs, goal = jnp.zeros((5, 2)), jnp.ones((5, 2))
@@ -266,19 +233,10 @@ def test_act_on_single_and_batched_inputs(agent):
             assert (jnp.abs(sampled) <= 1).all() and not jnp.allclose(sampled, batched)
 
 
-def one_unit_free(actor_params, bias):
-    """Any actor made to output ``bias`` everywhere: zero weights, last layer's bias."""
-    params = jax.tree.map(jnp.zeros_like, actor_params)
-    layers = params["params"]
-    last = max(layers, key=lambda k: int(k.split("_")[1]))
-    layers[last]["bias"] = jnp.asarray(bias, jnp.float32)
-    return params
-
-
 def test_gcivl_update_agrees_under_jit_and_vmap():
     """A sweep over traced fields, goal probabilities included, equals single runs of
     sample_batch + update_on_batch."""
-    dataset = tiny_dataset()
+    dataset = goal_dataset()
     configs = [
         gcivl.Config(**TINY, alpha=10.0, value_p_curgoal=0.2, value_p_randomgoal=0.3),
         gcivl.Config(**TINY, alpha=3.0, value_p_curgoal=0.0, value_p_randomgoal=0.5, lr=1e-3),
@@ -313,7 +271,7 @@ TRAIN_IDS = ["gcbc-discrete", "gcivl", "gcivl-discrete", "gciql", "gciql-discret
 
 @pytest.mark.parametrize("agent, extra", TRAIN_CASES, ids=TRAIN_IDS)
 def test_train_is_finite_and_deterministic(agent, extra):
-    dataset = tiny_dataset(lengths=(20, 7, 13), discrete=extra.get("discrete", False))
+    dataset = goal_dataset(lengths=(20, 7, 13), discrete=extra.get("discrete", False))
     config = agent.Config(**TINY, **extra, total_updates=200)
     run = jax.jit(lambda key: agent.train(config, dataset, key))
     state, metrics = run(jax.random.PRNGKey(0))
@@ -330,7 +288,7 @@ def test_train_is_finite_and_deterministic(agent, extra):
 
 @pytest.mark.parametrize("agent", AGENTS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_init_errors_are_named(agent):
-    dataset = tiny_dataset()
+    dataset = goal_dataset()
     key = jax.random.PRNGKey(0)
     total = 0.5 + 0.6 + agent.Config().value_p_randomgoal
     message = f"value_p_curgoal + value_p_trajgoal + value_p_randomgoal = {total:.6g}; they must"
@@ -347,7 +305,7 @@ def test_init_errors_are_named(agent):
     extra = {"actor_loss": "awr"} if agent is gciql else {}
     with pytest.raises(ValueError, match="discrete=True takes integer actions"):
         agent.init(agent.Config(**TINY, discrete=True, **extra), dataset, key)
-    negative = tiny_dataset(discrete=True)
+    negative = goal_dataset(discrete=True)
     negative = negative.replace(actions=negative.actions.at[0].set(-1))
     with pytest.raises(ValueError, match="discrete=True takes integer actions >= 0"):
         agent.init(agent.Config(**TINY, discrete=True, **extra), negative, key)
@@ -358,37 +316,10 @@ def test_init_errors_are_named(agent):
 def test_gciql_ddpgbc_with_discrete_actions_is_a_named_error():
     config = gciql.Config(**TINY, discrete=True)
     with pytest.raises(ValueError, match="actor_loss='ddpgbc'.*continuous"):
-        gciql.init(config, tiny_dataset(discrete=True), jax.random.PRNGKey(0))
+        gciql.init(config, goal_dataset(discrete=True), jax.random.PRNGKey(0))
 
 
 # --- Learning ---
-
-
-def straight_line_dataset(rng, episodes=300, horizon=40, speed=0.05):
-    """Noisy straight lines toward one random target per trajectory in the unit square
-    (action noise 0.5), as in the agents' __main__."""
-
-    def navigate(key):
-        start_key, target_key, key = jax.random.split(key, 3)
-        x0, target = jax.random.uniform(start_key, (2,)), jax.random.uniform(target_key, (2,))
-
-        def step(x, k):
-            direction = (target - x) / (jnp.linalg.norm(target - x) + 1e-6)
-            a = jnp.clip(direction + 0.5 * jax.random.normal(k, (2,)), -1, 1)
-            x_next = jnp.clip(x + speed * a, 0, 1)
-            return x_next, (x, a, x_next)
-
-        return jax.lax.scan(step, x0, jax.random.split(key, horizon))[1]
-
-    obs, actions, next_obs = jax.vmap(navigate)(jax.random.split(rng, episodes))
-    n = episodes * horizon
-    timeouts = np.zeros((episodes, horizon), np.float32)
-    timeouts[:, -1] = 1
-    return Dataset.from_arrays(
-        observations=obs.reshape(n, 2), actions=actions.reshape(n, 2), rewards=np.zeros(n),
-        terminals=np.zeros(n), timeouts=timeouts.reshape(n),
-        next_observations=next_obs.reshape(n, 2),
-    )  # fmt: skip
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_gc_bc_ivl_iql import straight_line_dataset
+from runs import straight_line_dataset
 
 from rljax.agents import beso, gcbc
 from rljax.data import Dataset

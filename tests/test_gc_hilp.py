@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from runs import straight_line_dataset
 
 from rljax.agents import hilp
 from rljax.data import Dataset
@@ -433,33 +434,6 @@ def test_nonsense_fields_are_refused_by_name(field, value):
 # --- Learning ---
 
 
-def straight_line_dataset(rng, episodes=400, horizon=40, speed=0.05) -> Dataset:
-    """OGBench-style navigation in the open square [0, 1]^2: x' = clip(x + speed a), a noisy
-    (sigma 0.5) unit step toward one random target per trajectory, each ending in a timeout."""
-
-    def navigate(key):
-        start_key, target_key, key = jax.random.split(key, 3)
-        x0, target = jax.random.uniform(start_key, (2,)), jax.random.uniform(target_key, (2,))
-
-        def step(x, k):
-            direction = (target - x) / (jnp.linalg.norm(target - x) + 1e-6)
-            a = jnp.clip(direction + 0.5 * jax.random.normal(k, (2,)), -1, 1)
-            x_next = jnp.clip(x + speed * a, 0, 1)
-            return x_next, (x, a, x_next)
-
-        return jax.lax.scan(step, x0, jax.random.split(key, horizon))[1]
-
-    obs, actions, next_obs = jax.vmap(navigate)(jax.random.split(rng, episodes))
-    n = episodes * horizon
-    timeouts = np.zeros((episodes, horizon), np.float32)
-    timeouts[:, -1] = 1
-    return Dataset.from_arrays(
-        observations=obs.reshape(n, 2), actions=actions.reshape(n, 2), rewards=np.zeros(n),
-        terminals=np.zeros(n), timeouts=timeouts.reshape(n),
-        next_observations=next_obs.reshape(n, 2),
-    )  # fmt: skip
-
-
 @pytest.mark.slow
 def test_one_training_reaches_unseen_goals_and_follows_a_reward_prompt():
     """HILP's zero-shot claim at CI size: trained once (2000 updates, 64x64, batch 256,
@@ -473,7 +447,7 @@ def test_one_training_reaches_unseen_goals_and_follows_a_reward_prompt():
     (share of steps there 0.74-0.84 at 2000 updates, 0.43-0.86 at 3000, against 0.37 at the
     starts), so it is not asserted here (experiments/hilp_zero_shot.py measures it in a maze)."""
     speed = 0.05
-    dataset = straight_line_dataset(jax.random.PRNGKey(0), speed=speed)
+    dataset = straight_line_dataset(jax.random.PRNGKey(0), episodes=400, speed=speed)
     config = hilp.Config(batch_size=256, hidden_sizes=(64, 64), total_updates=2000, skill_dim=8,
                          planning_num_states=1)  # fmt: skip
     trained = jax.jit(lambda k: hilp.train(config, dataset, k)[0].params)(jax.random.PRNGKey(1))

@@ -11,53 +11,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from runs import goal_dataset, one_unit, one_unit_free
 
 from rljax.agents import smore
-from rljax.data import Dataset
 from rljax.runner.config import FieldOutOfRange, make_config
 
 LOG_2PI = float(np.log(2 * np.pi))
 HAND = dict(hidden_sizes=(1,), layer_norm=False)  # one GELU unit: see one_unit
 TINY = dict(batch_size=16, hidden_sizes=(8,))
-
-
-def index_dataset(lengths=(40, 20), discrete=False, seed=0) -> Dataset:
-    """Trajectories back to back, each ending in a timeout; row i observes [i, 0] and its next
-    observation is [i + 1, 0], so every goal shows its row in column 0; actions in [-1, 1]^2 or
-    {0, 1, 2}."""
-    rng = np.random.default_rng(seed)
-    n = sum(lengths)
-    obs = np.stack([np.arange(n), np.zeros(n)], -1).astype(np.float32)
-    timeouts = np.zeros(n, np.float32)
-    timeouts[np.cumsum(lengths) - 1] = 1
-    actions = rng.integers(0, 3, n).astype(np.int32) if discrete else rng.uniform(-1, 1, (n, 2))
-    return Dataset.from_arrays(
-        observations=obs, actions=actions, rewards=np.zeros(n), terminals=np.zeros(n),
-        timeouts=timeouts, next_observations=obs + np.array([1.0, 0.0], np.float32),
-    )  # fmt: skip
-
-
-def one_unit(params, scale, bias, pick=None):
-    """A network built with hidden_sizes=(1,) and no LayerNorm, made to compute
-    scale * (x[pick] + 10) + bias, or the constant ``bias`` when pick is None: the hidden unit is
-    GELU(x[pick] + 10), which is exactly x[pick] + 10 in float32 for x[pick] > -2. Twin critics
-    take one scale and bias per head; an actor's bias is its mean or logits."""
-    params = jax.tree.map(jnp.zeros_like, params)
-    layers = params["params"]
-    layers = layers.get("VmapValue_0", layers)
-    first, last = layers["Dense_0"], layers["Dense_1"]
-    if pick is not None:
-        first["kernel"] = first["kernel"].at[..., pick, :].set(1.0)
-    first["bias"] = first["bias"] + 10.0
-    lead = last["bias"].shape[:-1]  # (2,) for twins
-    last["kernel"] = last["kernel"] + jnp.reshape(jnp.asarray(scale, jnp.float32), (*lead, 1, 1))
-    last["bias"] = last["bias"] + jnp.reshape(jnp.asarray(bias, jnp.float32), (*lead, -1))
-    return params
+LENGTHS = (40, 20)  # two trajectories, long enough for the goal sampler's geometric draws
 
 
 def hand_params(discrete=False, **config):
     config = smore.Config(**HAND, **config, discrete=discrete)
-    return config, smore.init(config, index_dataset(discrete=discrete), jax.random.PRNGKey(0))
+    dataset = goal_dataset(LENGTHS, discrete=discrete)
+    return config, smore.init(config, dataset, jax.random.PRNGKey(0))
 
 
 def hand_batch(data_x, goal_x, **arrays):
@@ -90,7 +58,7 @@ def test_batch_is_relabelled_rows_then_goal_transitions():
     actor goals later rows of the same trajectory. Second half: uniform rows (each of the 60 about
     equally often), each with value and actor goal its own next observation s'_i = [i + 1, 0],
     drawn independently of the first half. Actions and next observations follow the rows."""
-    dataset = index_dataset()
+    dataset = goal_dataset(LENGTHS)
     n = 3000
     config = smore.Config(batch_size=n)
     batch = jax.jit(lambda key: smore.sample_batch(config, dataset, key))(jax.random.PRNGKey(0))
@@ -270,7 +238,7 @@ def test_update_runs_v_then_actor_and_critics_on_the_new_v_then_the_target():
     """The step's V loss is at the old V and the target critics; its actor and critic losses are
     at the old actor and critics with the V this step produced (not the old V); the targets move
     tau of the way to the new critics."""
-    dataset = index_dataset()
+    dataset = goal_dataset(LENGTHS)
     config = smore.Config(**TINY, tau=0.5)
     state = smore.init(config, dataset, jax.random.PRNGKey(1))
     state = state.replace(target_critic=jax.tree.map(lambda x: 0.5 * x, state.target_critic))
@@ -302,7 +270,7 @@ def test_act_on_single_and_batched_inputs():
     from the params."""
     for discrete in (False, True):
         config = smore.Config(**TINY, discrete=discrete)
-        state = smore.init(config, index_dataset(discrete=discrete), jax.random.PRNGKey(0))
+        state = smore.init(config, goal_dataset(LENGTHS, discrete=discrete), jax.random.PRNGKey(0))
         bias = [3.0, -0.2, 0.1] if discrete else [3.0, -0.2]
         params = state.params.replace(actor=one_unit_free(state.params.actor, bias))
         obs, goal, key = jnp.zeros((5, 2)), jnp.ones((5, 2)), jax.random.PRNGKey(1)
@@ -322,18 +290,11 @@ def test_act_on_single_and_batched_inputs():
             assert (jnp.abs(sampled) <= 1).all() and not jnp.allclose(sampled, batched)
 
 
-def one_unit_free(actor_params, bias):
-    """The actor made to output ``bias`` everywhere: zero weights, the output layer's bias."""
-    params = jax.tree.map(jnp.zeros_like, actor_params)
-    params["params"]["Dense_1"]["bias"] = jnp.asarray(bias, jnp.float32)
-    return params
-
-
 @pytest.mark.parametrize(
     "extra", [{}, {"loss": "smore", "discrete": True}], ids=["stable", "original-discrete"]
 )
 def test_train_is_deterministic_with_finite_metrics(extra):
-    dataset = index_dataset(discrete=extra.get("discrete", False))
+    dataset = goal_dataset(LENGTHS, discrete=extra.get("discrete", False))
     config = smore.Config(**TINY, **extra, total_updates=50)
     run = jax.jit(lambda key: smore.train(config, dataset, key))
     state, metrics = run(jax.random.PRNGKey(0))
@@ -362,7 +323,7 @@ def test_nonsense_fields_are_named(field, value):
 
 
 def test_init_errors_are_named():
-    dataset, key = index_dataset(), jax.random.PRNGKey(0)
+    dataset, key = goal_dataset(LENGTHS), jax.random.PRNGKey(0)
     message = "value_p_curgoal + value_p_trajgoal + value_p_randomgoal = 1.4; they must sum to 1"
     with pytest.raises(ValueError, match=re.escape(message)):
         smore.init(smore.Config(**TINY, value_p_curgoal=0.6), dataset, key)
