@@ -12,6 +12,13 @@ from nissymori/JAX-CORL ``algos/td3bc.py``), one seed each, the two interleaved 
 times on the same dataset; the best of each and the ratio rljax / reference in steps/s are
 printed. Only gradient steps are timed there: both are initialized before the clock starts.
 
+A model-based agent (MOPO, RAVL, MBRCSL, PGD) is timed phase by phase, at its paper's sizes
+but for its budget, one seed and ``--seeds`` vmapped: its model's gradient steps/s (the
+dynamics ensemble's, or PGD's denoiser's); what ``begin_policy`` generates per second (model
+rollout transitions, or PGD's sampled trajectories: the first rollout or synthetic pool, at
+``--rollout-states`` starting states, MBRCSL's one round of horizon-long rollouts, or
+``--trajectories``); and its policy's gradient steps/s (with the rollouts that fall due).
+
     python experiments/benchmark_offline.py [--agents bc,td3_bc] [--updates 2000] [--rows 1000000]
 """
 
@@ -33,6 +40,16 @@ from rljax.data import Dataset
 from rljax.runner.program import over_members
 
 NAMES = ("bc", "td3_bc", "iql", "rebrac", "cql", "odice", "fdvl", "prdc", "a2pr", "riql", "edac")
+MODEL_BASED = ("mopo", "ravl", "mbrcsl", "pgd")
+
+
+def generated(name: str, config) -> tuple[int, str]:
+    """(how many, of what) a model-based agent's begin_policy generates."""
+    if name == "pgd":
+        return config.num_synthetic_trajectories, "trajectories"
+    if name == "mbrcsl":  # one round (``sized``)
+        return config.rollout_batch_size * config.horizon, "transitions"
+    return config.rollout_batch_size * config.rollout_length, "transitions"
 
 
 def fake_dataset(rows: int, obs_dim: int = 11, action_dim: int = 3, episode: int = 1000):
@@ -66,6 +83,37 @@ def measure(agent, config, dataset, updates: int, seeds: int) -> dict:
     compiled, compile_s = compile_fn(train_seeds, keys)
     run_s = run_seconds(compiled, keys)
     return {"compile_s": compile_s, "run_s": run_s, "steps_per_s": seeds * updates / run_s}
+
+
+def sized(name: str, args) -> dict:
+    """The generation sizes of a model-based agent's config (the rest its paper's)."""
+    if name == "pgd":
+        return {"num_synthetic_trajectories": args.trajectories}
+    if name == "mbrcsl":  # one round of its authors' 200 trajectories, whatever they return
+        return {"max_rounds": 1}
+    return {"rollout_batch_size": args.rollout_states}
+
+
+def measure_model_based(agent, config, dataset, updates: int, seeds: int) -> dict:
+    """Seconds to compile and run each phase over ``seeds`` members: ``updates`` model steps,
+    begin_policy, ``updates`` policy steps."""
+    keys = jax.random.split(jax.random.key(0), seeds)
+    init = jax.jit(lambda keys: jax.lax.map(lambda k: agent.init(config, dataset, k), keys))
+    over = lambda step: over_members(  # noqa: E731
+        lambda s: jax.lax.scan(lambda s, _: step(config, dataset, s), s, None, updates)
+    )
+    phases = {
+        "model": over(agent.update_model),
+        "begin": over_members(lambda s: (agent.begin_policy(config, dataset, s), {})),
+        "policy": over(agent.update),
+    }
+    state, found = init(keys), {}
+    for phase, fn in phases.items():
+        compiled, compile_s = compile_fn(fn, state)
+        start = time.perf_counter()
+        state = jax.block_until_ready(compiled(state))[0]
+        found[phase] = (compile_s, time.perf_counter() - start)
+    return found
 
 
 # --- JAX-CORL's TD3+BC (algos/td3bc.py), as the reference rljax's td3_bc is timed against ---
@@ -265,6 +313,13 @@ def main():
     parser.add_argument(
         "--repeats", type=int, default=3, help="interleaved timings of td3_bc and its reference"
     )
+    parser.add_argument(
+        "--rollout-states", type=int, default=50_000,
+        help="model-based agents: states rolled out at once (the papers': 50,000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trajectories", type=int, default=256, help="PGD: trajectories sampled at once"
+    )
     args = parser.parse_args()
 
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0]}")
@@ -272,7 +327,7 @@ def main():
     print(f"dataset: {args.rows:,} transitions on device, {args.updates} gradient steps per seed")
     print(f"{'agent':<8} {'seeds':>5} {'compile s':>9} {'run s':>7} {'steps/s':>9} {'peak MiB':>9}")
     names = args.agents.split(",")
-    for name in names:
+    for name in [n for n in names if n not in MODEL_BASED]:
         agent = agents.get(name)
         config = agent.Config(total_updates=args.updates)
         for seeds in (1, args.seeds):
@@ -280,6 +335,21 @@ def main():
             print(
                 f"{name:<8} {seeds:>5} {r['compile_s']:9.1f} {r['run_s']:7.2f} "
                 f"{r['steps_per_s']:9,.0f} {peak_memory()[0]:9.0f}"
+            )
+    for name in [n for n in names if n in MODEL_BASED]:
+        agent = agents.get(name)
+        config = agent.Config(total_updates=args.updates, model_updates=args.updates)
+        config = config.replace(**sized(name, args))
+        count, what = generated(name, config)
+        for seeds in (1, args.seeds):
+            r = measure_model_based(agent, config, dataset, args.updates, seeds)
+            (model_c, model_s), (begin_c, begin_s), (policy_c, policy_s) = r.values()
+            print(
+                f"{name:<8} {seeds:>5}  model {seeds * args.updates / model_s:7,.1f} steps/s "
+                f"({model_c:.1f} s compile); begin_policy {seeds * count / begin_s:9,.0f} "
+                f"{what}/s ({begin_c:.1f} s compile); policy "
+                f"{seeds * args.updates / policy_s:7,.1f} steps/s ({policy_c:.1f} s compile); "
+                f"peak {peak_memory()[0]:.0f} MiB"
             )
     if "td3_bc" in names:
         r = compare_td3_bc(dataset, args.updates, args.repeats)

@@ -38,6 +38,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         "--offline-steps", type=float, help="offline agents: gradient steps on the dataset"
     )
     parser.add_argument(
+        "--model-steps", type=float,
+        help="model-based agents: gradient steps of the dynamics model, before the policy's",
+    )  # fmt: skip
+    parser.add_argument(
         "--online-steps", type=float,
         help="fine-tuning agents: env steps online after the offline phase, in the dataset's env",
     )  # fmt: skip
@@ -107,6 +111,8 @@ def _spec(args, grid: dict):
         agent["total_updates"] = int(args.offline_steps)
     if args.online_steps is not None:
         agent["online_steps"] = int(args.online_steps)
+    if args.model_steps is not None:
+        agent["model_updates"] = int(args.model_steps)
     options = {"dataset": args.dataset, "max_episode_steps": args.max_episode_steps}
     if args.eval_episodes is not None:
         options["eval_episodes"] = args.eval_episodes
@@ -133,7 +139,7 @@ def _train(args, grid: dict) -> None:
     from rljax.runner.errors import RunError
     from rljax.runner.spec import check_fine_tuning
 
-    for flag in ("total_steps", "offline_steps", "online_steps"):
+    for flag in ("total_steps", "offline_steps", "online_steps", "model_steps"):
         value = getattr(args, flag)
         if value is not None and not math.isfinite(value):
             name = "--" + flag.replace("_", "-")

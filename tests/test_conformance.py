@@ -42,6 +42,12 @@ SAC = dict(num_envs=2, num_steps=2, utd_ratio=1.0, batch_size=8, buffer_size=16)
 SAC |= dict(learning_starts=4, total_timesteps=NUM_UPDATES * 4, hidden_sizes=(8,))
 OFFLINE = dict(batch_size=8, hidden_sizes=(8,), total_updates=NUM_UPDATES)
 GC = dict(OFFLINE)
+# A dynamics ensemble of 3 one-layer models, 2 elites; rollouts of 4 states, 2 steps, each update.
+MODEL = dict(
+    model_updates=NUM_UPDATES, num_models=3, num_elites=2, model_hidden_sizes=(8,),
+    model_weight_decay=(0.0, 0.0), model_batch_size=8, holdout_interval=1, rollout_freq=1,
+    rollout_batch_size=4, rollout_length=2, termination="Pendulum-v1",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +73,11 @@ def offline(data, config, **kw):
 def fine_tuning(data, config, **kw):
     """A dataset agent that goes on online (test_fine_tuning_online_phase runs that phase)."""
     return Fixture(agents.DATASET_THEN_ENV, data, config, **kw)
+
+
+def model_based(data, config, **kw):
+    """A dynamics model first, then a policy (test_model_phase runs the model phase)."""
+    return Fixture(agents.MODEL_THEN_DATASET, data, config, **kw)
 
 
 FIXTURES = {
@@ -111,6 +122,24 @@ FIXTURES = {
     "a2pr": offline("d4rl", OFFLINE),
     "riql": offline("d4rl", OFFLINE | dict(num_critics=3)),
     "edac": offline("d4rl", OFFLINE | dict(num_critics=3)),
+    "mopo": model_based("d4rl", OFFLINE | MODEL),
+    "ravl": model_based("d4rl", OFFLINE | MODEL | dict(num_critics=3)),
+    "pgd": model_based(
+        "d4rl",
+        OFFLINE
+        | dict(model_updates=NUM_UPDATES, trajectory_length=4, window_stride=2, unet_blocks=1)
+        | dict(unet_features=16, model_batch_size=4, num_sampling_steps=2, sampling_batch=4)
+        | dict(num_synthetic_trajectories=4, synthetic_batch_size=6, regenerate_every=1),
+    ),
+    "mbrcsl": model_based(
+        "walks",
+        OFFLINE
+        | dict(model_updates=NUM_UPDATES, num_models=2, num_elites=1, model_hidden_sizes=(8,))
+        | dict(model_weight_decay=(1e-4, 1e-4), model_batch_size=8, holdout_interval=1)
+        | dict(behavior_hidden_sizes=(8,), behavior_batch_size=8, behavior_diffusion_steps=2)
+        | dict(horizon=3, rollout_batch_size=4, num_needed=2, max_rounds=2),
+        wraps_env=True,
+    ),
     "gcbc": offline("walks", GC, goal_conditioned=True),
     "gcivl": offline("walks", GC, goal_conditioned=True),
     "gciql": offline("walks", GC, goal_conditioned=True),
@@ -277,7 +306,6 @@ def test_declaration(name):
     module = declared.module
     for constant in ("GOAL_CONDITIONED", "WRAPS_ENV", "RECURRENT"):
         assert isinstance(getattr(module, constant), bool), f"{name}.{constant} is not a bool"
-    # The two reserved sources have no runner phase yet: none of today's agents may use them.
     assert declared.learns_from == fixture.source
     assert declared.goal_conditioned == fixture.goal_conditioned
     assert declared.wraps_env == fixture.wraps_env
@@ -480,18 +508,34 @@ def compiled(function, *args):
     return executable(*args)
 
 
+def policy_phase_start(s: Setup, rng):
+    """The state ``update`` starts from: init's, or a model-based agent's after its model phase
+    (init, a scan of update_model, begin_policy)."""
+    state = s.module.init(s.config, *s.source_args, rng)
+    if not s.declared.fits_model:
+        return state
+    step = lambda state, _: s.module.update_model(s.config, s.dataset, state)  # noqa: E731
+    state = jax.lax.scan(step, state, None, s.config.model_updates)[0]
+    return s.module.begin_policy(s.config, s.dataset, state)
+
+
 @functools.cache
 def train_and_scan(name: str):
-    """(train's output, init then a scan of update's output, init's params), from one key, in
-    one program: where train is init and the scan, XLA computes them once."""
+    """(train's output, init (and a model-based agent's model phase) then a scan of update's
+    output, init's params), from one key, in one program: where train is init and the scan,
+    XLA computes them once."""
     s = setup(name)
     module, config, args = s.module, s.config, s.source_args
 
     def both(rng):
         trained = module.train(config, *args, rng, NUM_UPDATES)
-        state = module.init(config, *args, rng)
+        if s.declared.fits_model:  # (state, (model metrics, metrics)): the policy's compared
+            state, (_, metrics) = trained
+            trained = state, metrics
+        state = policy_phase_start(s, rng)
         step = lambda state, _: module.update(config, *args, state)  # noqa: E731
-        return trained, jax.lax.scan(step, state, None, NUM_UPDATES), state.params
+        initial = module.init(config, *args, rng).params
+        return trained, jax.lax.scan(step, state, None, NUM_UPDATES), initial
 
     return compiled(both, jax.random.PRNGKey(0))
 
@@ -542,7 +586,11 @@ def test_the_train_state_checkpoints(name, tmp_path):
     checkpoint_round_trip(state, tmp_path / "checkpoints")
 
 
-DATASET_NAMES = [n for n in NAMES if agents.declaration(n).from_dataset]
+# A model-based agent's update also rolls its model out and samples model rows: each agent's
+# own tests check its batches.
+DATASET_NAMES = [
+    n for n in NAMES if agents.declaration(n).from_dataset and not agents.declaration(n).fits_model
+]
 
 
 @pytest.mark.parametrize("name", DATASET_NAMES, ids=DATASET_NAMES)
@@ -572,6 +620,8 @@ def observations_and_space(s: Setup, count: int):
     if s.dataset is not None:
         obs = s.dataset.observations[:count]
         goals = s.dataset.observations[-count:]
+        if s.declared.wraps_env:  # what its wrapper adds: MBRCSL's return so far
+            obs = jnp.concatenate([obs, jnp.zeros((count, 1))], axis=-1)
         actions = np.asarray(s.dataset.actions)
         if np.issubdtype(actions.dtype, np.integer):
             return obs, goals, actions.shape[1:], ("discrete", int(actions.max()) + 1)
@@ -742,3 +792,43 @@ def test_fine_tuning_online_phase(name, tmp_path):
         assert action.shape == (3, 1), f"{name}: deterministic={deterministic}: {action.shape}"
         assert (np.abs(action) <= 1).all(), f"{name}: deterministic={deterministic}: {action}"
     checkpoint_round_trip(online, tmp_path / "checkpoints")
+
+
+MODEL_BASED_NAMES = [n for n in NAMES if agents.declaration(n).fits_model]
+
+
+@pytest.mark.parametrize("name", MODEL_BASED_NAMES, ids=MODEL_BASED_NAMES)
+def test_model_phase(name, tmp_path):
+    """A model-based agent: update_model and begin_policy have the Protocol's parameters; two
+    update_model steps (under jit) give per-step finite metrics and leave the policy's params
+    as init made them; begin_policy's state carries params of the same type and an rng and
+    checkpoints; ``termination``, where there is one, is a static field whose choices are "none"
+    and the file's TERMINATIONS table."""
+    s = setup(name)
+    module, config, dataset = s.module, s.config, s.dataset
+    for function in ("update_model", "begin_policy"):
+        expected = list(inspect.signature(getattr(agents.ModelBasedAgent, function)).parameters)
+        got = list(inspect.signature(getattr(module, function)).parameters)
+        assert got == expected[1:], f"{name}.{function}{tuple(got)}, the contract says {expected}"
+    fields = {f.name: f for f in dataclasses.fields(module.Config)}
+    assert fields["model_updates"].metadata.get("pytree_node") is False, name
+    if "termination" in fields:
+        assert fields["termination"].metadata.get("pytree_node") is False, name
+        assert set(fields["termination"].metadata["choices"]) == {"none", *module.TERMINATIONS}
+
+    def phase(rng):
+        state = module.init(config, dataset, rng)
+        step = lambda state, _: module.update_model(config, dataset, state)  # noqa: E731
+        fitted, metrics = jax.lax.scan(step, state, None, NUM_UPDATES)
+        return state.params, fitted.params, metrics, module.begin_policy(config, dataset, fitted)
+
+    initial, kept, metrics, policy_state = compiled(phase, jax.random.PRNGKey(0))
+    for (path, a), (_, b) in zip(leaves_with_paths(initial), leaves_with_paths(kept), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=f"{name}: the model phase moved {path}")
+    assert metrics, f"{name}: update_model logs no metrics"
+    for key, value in metrics.items():
+        assert np.shape(value) == (NUM_UPDATES,), f"{name}: metric {key} of shape {value.shape}"
+        assert np.isfinite(value).all(), f"{name}: metric {key} = {value}"
+    assert type(policy_state.params) is type(initial), f"{name}: {type(policy_state.params)}"
+    assert hasattr(policy_state, "rng"), f"{name}'s policy state has no rng"
+    checkpoint_round_trip(policy_state, tmp_path / "checkpoints")

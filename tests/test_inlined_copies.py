@@ -34,6 +34,17 @@ SAC = ["dsac_t", "sac"]
 SAC_FAMILY = [*SAC, "sac_pmoe"]  # PMOE-SAC shares SAC's buffer, squashing and temperature
 ONLINE = sorted(POLICY_GRADIENT + DQN + SAC_FAMILY + ["harpg"])
 FINE_TUNING = ["calql", "cql", "famo2o", "iql", "wsrl"]  # with a replay of online rows
+EDAC = ["edac", "ravl"]  # RAVL is EDAC on model rollouts; the cases: tests/test_offline_edac.py
+# The dynamics ensemble section; mopo.py holds the reference, its cases: tests/test_model_mopo.py.
+MODEL_BASED = ["mopo", "mbrcsl", "ravl"]
+ENSEMBLE_SECTION = "# --- Dynamics ensemble ---"
+ENSEMBLE_FUNCTIONS = (
+    "_never_terminates", "_hopper_terminates", "_walker2d_terminates", "terminates",
+    "holdout_sizes", "check_ensemble", "check_model_dataset", "_model_rows", "_init_layers",
+    "model_forward", "ensemble_forward", "ensemble_loss", "_per_model", "ensemble_init",
+    "holdout_errors", "ensemble_evaluate", "ensemble_update", "ensemble_fitted",
+    "ensemble_predict", "ensemble_sample", "observation_bounds",
+)  # fmt: skip
 
 # Function name -> the groups of agent modules that each share one text of it. Most have one
 # group; two where two versions exist on purpose (e.g. the replay buffers of the DQN and SAC
@@ -57,8 +68,8 @@ COPIES = {
     "categorical_projection": [["c51", "stock_dqn"]],
     "_epsilon": [DQN],
     "_epsilon_greedy": [DQN],
-    "sample_action": [SAC_FAMILY, ["calql", "cql", "edac", "famo2o", "wsrl"]],
-    "alpha_loss": [["calql", "cql", "edac", "famo2o", "wsrl", *SAC_FAMILY]],
+    "sample_action": [SAC_FAMILY, ["calql", "cql", "edac", "famo2o", "mopo", "ravl", "wsrl"]],
+    "alpha_loss": [["calql", "cql", "edac", "famo2o", "mopo", "ravl", "wsrl", *SAC_FAMILY]],
     "check": [GOAL_CONDITIONED, DQN, SAC, ["dpo", "mdpo", "pdppo", "ppo"], ["calql", "cql", "iql"]],
     # The online phase's pieces; their cases by hand: tests/test_o2o_iql_cql.py.
     "replay_init": [FINE_TUNING],
@@ -71,7 +82,11 @@ COPIES = {
     "cql_logsumexp": [["calql", "cql", "famo2o"]],
     "alpha_prime_loss": [["calql", "cql"]],
     "value_loss": [["famo2o", "iql"]],
-    "_adam_step": [["edac", "famo2o", "wsrl"]],
+    "_adam_step": [["edac", "famo2o", "mbrcsl", "mopo", "ravl", "wsrl"]],
+    "values_and_action_grads": [EDAC],
+    "diversity_loss": [EDAC],
+    "critic_target": [EDAC],
+    "policy_terms": [EDAC],
     "trajectory_ends": [[*GOAL_CONDITIONED, "hilp", "beso"]],
     "sample_goals": [[*GOAL_CONDITIONED, "hilp", "beso"]],
     "unit_gaussian_log_prob": [["crl", "hiql", "ota", "qrl"]],
@@ -79,21 +94,35 @@ COPIES = {
     "awr_weight": [HIERARCHICAL],
     "length_normalize": [HIERARCHICAL],
     # Helpers: the text check only (_any_member's behaviour: tests/test_delayed_updates.py).
-    "_any_member": [["a2pr", "dsac_t", "prdc", "td3_bc", "uni_o4"]],
-    "_any_member_vmap": [["a2pr", "dsac_t", "prdc", "td3_bc", "uni_o4"]],
+    "_any_member": [[*MODEL_BASED, "a2pr", "dsac_t", "pgd", "prdc", "td3_bc", "uni_o4"]],
+    "_any_member_vmap": [[*MODEL_BASED, "a2pr", "dsac_t", "pgd", "prdc", "td3_bc", "uni_o4"]],
     "_cat": [HIERARCHICAL],
     "_pick": [["ppo_pmoe", "sac_pmoe"]],
     "_check_dataset": [["gcbc", "gcivl", "smore"]],
     "_dense": [["gcbc", "gciql", "gcivl", "hilp", "hiql", "ota", "smore"]],
     "_mlp": [
         SAC_FAMILY,
-        ["a2pr", "famo2o", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc"],
+        ["a2pr", "famo2o", "fdvl", "iql", "odice", "pgd", "prdc", "riql", "td3_bc"],
         ["calql", "cql"],
     ],
     "_network": [["dpo", "lpo", "mdpo", "ppo"]],
-    "_networks": [["a2pr", "calql", "cql", "prdc", "td3_bc"], SAC, HIERARCHICAL],
+    "_networks": [["a2pr", "calql", "cql", "pgd", "prdc", "td3_bc"], SAC, HIERARCHICAL],
     "_normalize": [
-        ["a2pr", "bc", "edac", "famo2o", "fdvl", "iql", "odice", "prdc", "riql", "td3_bc", "uni_o4"]
+        [
+            "a2pr",
+            "bc",
+            "edac",
+            "famo2o",
+            "fdvl",
+            "iql",
+            "odice",
+            "pgd",
+            "prdc",
+            "ravl",
+            "riql",
+            "td3_bc",
+            "uni_o4",
+        ]
     ],  # fmt: skip
     "normalize": [["calql", "cql", "rebrac", "wsrl"]],
     "_optimizer": [DQN, POLICY_GRADIENT],
@@ -111,16 +140,22 @@ COPIES = {
         ["a2pr", "cql", "edac", "famo2o", "fdvl", "iql", "odice", "riql", "td3_bc"],
         ["gcbc", "gciql", "gcivl"],
     ],
-    "critic_loss": [["a2pr", "prdc", "td3_bc"], ["famo2o", "iql"]],
-    "actor_loss": [["fdvl", "iql"], ["calql", "cql", "wsrl"]],
+    "critic_loss": [["a2pr", "pgd", "prdc", "td3_bc"], ["famo2o", "iql"], EDAC],
+    "actor_loss": [["pgd", "td3_bc"], ["fdvl", "iql"], ["calql", "cql", "wsrl"], EDAC],
     "_observation_stats": [["a2pr", "prdc", "td3_bc"]],
-    "_torch_init": [["edac", "rebrac"]],
-    "_uniform": [["edac", "ppo_pmoe", "rebrac", "riql", "sac_pmoe"]],
-    "gaussian_log_prob": [["famo2o", "fdvl", "hilp", "iql", "odice"]],
+    "_torch_init": [["edac", "mbrcsl", "ravl", "rebrac"]],
+    "_edac_trunk": [EDAC],
+    "_actor": [[*EDAC, "mopo"]],
+    "_ensemble": [EDAC],
+    "q_values": [EDAC],
+    "_uniform": [["edac", "ppo_pmoe", "ravl", "rebrac", "riql", "sac_pmoe"]],
+    "gaussian_log_prob": [["famo2o", "fdvl", "hilp", "iql", "odice", "pgd"]],
     "episode_returns": [["famo2o", "fdvl", "iql", "odice", "riql"]],
     "_reward_transform": [["famo2o", "fdvl", "iql", "riql"]],
     "actor_learning_rate": [["fdvl", "iql", "riql"]],
-    "expectile_loss": [["famo2o", "iql", "riql", "smore"]],
+    # The dynamics ensemble section, function by function (and whole: see its test below).
+    **{name: [MODEL_BASED] for name in ENSEMBLE_FUNCTIONS},
+    "expectile_loss": [["famo2o", "iql", "pgd", "riql", "smore"]],
 }
 # The contract's names are the agent's own even where two files happen to agree.
 CONTRACT = {*agents.CONTRACT, "update_on_batch"}
@@ -159,6 +194,24 @@ def test_copies_are_identical(function, group):
     first = texts[group[0]]
     drifted = [name for name, text in texts.items() if text != first]
     assert not drifted, f"{function} in {drifted} differs from {group[0]}'s copy"
+
+
+def section(name: str, marker: str) -> str:
+    """The text of an agent file from ``marker`` to the next section marker."""
+    source = Path(module(name).__file__).read_text()
+    start = source.index(marker)
+    end = source.find("\n# --- ", start + len(marker))
+    return source[start : end if end >= 0 else None]
+
+
+def test_dynamics_ensemble_sections_are_identical():
+    """The whole dynamics ensemble section (its constants, dataclasses and table too, which
+    the function check does not see) is mopo.py's text in every agent file that has it."""
+    holders = [n for n in ALL if ENSEMBLE_SECTION in Path(module(n).__file__).read_text()]
+    assert sorted(holders) == sorted(MODEL_BASED)
+    reference = section("mopo", ENSEMBLE_SECTION)
+    drifted = [n for n in holders if section(n, ENSEMBLE_SECTION) != reference]
+    assert not drifted, f"the dynamics ensemble section of {drifted} differs from mopo.py's"
 
 
 def shared_functions() -> dict[str, set[frozenset]]:

@@ -42,9 +42,24 @@ The signatures, per source (the Protocols below spell them out):
   actions; both phases' states carry ``params`` (one type, so ``act`` serves both) and ``rng``.
   Online training episodes are logged as ``episode_train_return`` and ``episode_train_length``;
   ``episode_return`` is the runner's deterministic evaluation, in both phases.
-* ``MODEL_THEN_DATASET`` (a dynamics model fitted first, then a policy on the data and the
-  model's rollouts) is named here so its family has a place to declare itself; the runner
-  refuses it until it has its phase.
+* ``MODEL_THEN_DATASET`` (model-based offline RL): a dynamics model fitted to the dataset
+  first, then a policy trained on the data and the model's rollouts. ``init(config, dataset,
+  rng)`` gives the model phase's state; ``update_model(config, dataset, state)`` is one
+  gradient step of the model (``Config.model_updates`` of them, static; held-out evaluation
+  and early stopping happen inside it); ``begin_policy(config, dataset, state)`` turns the
+  fitted model's state into the policy phase's, once, at the boundary (its structure may
+  differ: the elites chosen, a replay of model rollouts); then ``update(config, dataset,
+  state)`` is one policy iteration (rollouts from dataset states when they are due, and one
+  gradient step on a batch of dataset and model rows) and ``update_on_batch(config, state,
+  batch)`` its gradient step on a given batch; ``Config.total_updates`` counts the policy's
+  gradient steps. ``train(config, dataset, rng, num_updates=None)`` runs both phases and
+  returns ``(state, (model metrics, policy metrics))``. Both
+  phases' states carry ``params`` and ``rng`` (the model phase's policy is untrained). An
+  agent whose model rollouts need a termination function has a static ``Config.termination``
+  naming one of its file's ``TERMINATIONS`` table ("none": never); the runner sets it to the
+  dataset's env when the table has it. An agent whose policy phase can fail to begin (nothing
+  to learn from) defines ``check_begin_policy(config, state)``, which the runner calls on the
+  host after ``begin_policy`` (members stacked) and which raises a named error.
 
 For every source ``train`` is ``init`` and then a ``lax.scan`` of ``update``, which is exactly
 what the runner's jitted chunk runs. ``TrainState.params`` is all that ``act`` needs: it holds
@@ -70,6 +85,7 @@ DATASET = "dataset"
 DATASET_THEN_ENV = "dataset_then_env"
 MODEL_THEN_DATASET = "model_then_dataset"
 SOURCES = (ENV, DATASET, DATASET_THEN_ENV, MODEL_THEN_DATASET)
+DATASET_SOURCES = SOURCES[1:]  # the agents that learn from a dataset first
 CONTRACT = ("Config", "init", "update", "train", "act")
 
 # Algorithm name -> module.
@@ -101,6 +117,10 @@ ALGORITHMS = {
     "a2pr": "rljax.agents.a2pr",
     "riql": "rljax.agents.riql",
     "edac": "rljax.agents.edac",
+    "mopo": "rljax.agents.mopo",
+    "ravl": "rljax.agents.ravl",
+    "pgd": "rljax.agents.pgd",
+    "mbrcsl": "rljax.agents.mbrcsl",
     "gcbc": "rljax.agents.gcbc",
     "gcivl": "rljax.agents.gcivl",
     "gciql": "rljax.agents.gciql",
@@ -148,6 +168,13 @@ class FineTuningAgent(DatasetAgent, Protocol):
     def fine_tune(self, config, dataset, env, env_params, state) -> tuple[Any, dict]: ...
 
 
+class ModelBasedAgent(DatasetAgent, Protocol):
+    """An agent with ``LEARNS_FROM = MODEL_THEN_DATASET``: a dynamics model, then a policy."""
+
+    def update_model(self, config, dataset, state) -> tuple[Any, dict]: ...
+    def begin_policy(self, config, dataset, state) -> Any: ...
+
+
 class UnknownAlgorithm(ValueError):
     """Raised by get() with the list of algorithm names it knows."""
 
@@ -171,11 +198,15 @@ class Declaration:
     @property
     def from_dataset(self) -> bool:
         """Whether it learns from a dataset first (a fine-tuning agent does, then online)."""
-        return self.learns_from in (DATASET, DATASET_THEN_ENV)
+        return self.learns_from in DATASET_SOURCES
 
     @property
     def fine_tunes(self) -> bool:
         return self.learns_from == DATASET_THEN_ENV
+
+    @property
+    def fits_model(self) -> bool:
+        return self.learns_from == MODEL_THEN_DATASET
 
     @property
     def budget_field(self) -> str:
@@ -187,6 +218,12 @@ class Declaration:
         check = getattr(self.module, "check", None)
         if check is not None:
             check(config)
+
+    def check_begin_policy(self, config, state) -> None:
+        """A model-based agent's check that its policy phase can begin (if it has one)."""
+        check = getattr(self.module, "check_begin_policy", None)
+        if check is not None:
+            check(config, state)
 
 
 def check_name(name: str) -> None:

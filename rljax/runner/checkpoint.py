@@ -85,7 +85,7 @@ class Checkpoints:
 
     def restore_latest(self, layout_at):
         """(step, state) of the newest checkpoint that verifies, or (None, None); the state laid
-        out as ``layout_at(step)`` (a fine-tuning run's online steps have their own layout).
+        out as ``layout_at(step)`` (a second phase's steps have their own layout).
 
         Warns once per step passed over, naming it and the cause; a writer moves each aside."""
         passed_over = []

@@ -38,6 +38,12 @@ def is_static(field: dataclasses.Field) -> bool:
     return not field.metadata.get("pytree_node", True)
 
 
+def field_choices(config_cls, name: str) -> tuple:
+    """The values a Config field allows (empty when it has bounds instead, or no such field)."""
+    field = _fields(config_cls).get(name)
+    return tuple(field.metadata.get("choices") or ()) if field else ()
+
+
 def _coerce(name: str, value, default):
     """Converts a YAML or command-line value to the type of the field's default."""
     if isinstance(value, str) and not isinstance(default, str):

@@ -17,7 +17,10 @@ SOURCE_HEADINGS = {
         "learn from a dataset, then an env (rljax train ALGO --dataset NAME --offline-steps N "
         "--online-steps M; without --online-steps, offline only)"
     ),
-    agents.MODEL_THEN_DATASET: "learn from a dynamics model, then a dataset",
+    agents.MODEL_THEN_DATASET: (
+        "fit a dynamics model to a dataset, then learn from both (rljax train ALGO --dataset NAME "
+        "--model-steps K --offline-steps N)"
+    ),
 }
 GOAL_MARK = "goal-conditioned"
 

@@ -71,18 +71,18 @@ class StopSignals:
 
 def logged_failures(table: dict, num_members: int, done: int, boundary: int, phase_metrics):
     """Failures found again in the logged metrics (``table``, ``done`` updates per member) of a
-    resumed run, each phase's rows in that phase's metrics (``phase_metrics``: online or not ->
-    names; the other phase's columns are empty there); ``boundary``: the offline updates."""
+    resumed run, each phase's rows in that phase's metrics (``phase_metrics``: second phase or
+    not -> names; the other phase's columns are empty there); ``boundary``: the first phase's
+    updates (None in a one-phase run)."""
     failures = {}
-    fine_tuning = True in phase_metrics
-    spans = [(False, 0, min(done, boundary) if fine_tuning else done)]
-    spans += [(True, boundary, done)] if fine_tuning else []
-    for online, begin, end in spans:
+    spans = [(False, 0, done if boundary is None else min(done, boundary))]
+    spans += [(True, boundary, done)] if boundary is not None else []
+    for later, begin, end in spans:
         if end <= begin:
             continue
         metrics = {
             name: table[name].reshape(num_members, done)[:, begin:end]
-            for name in phase_metrics[online]
+            for name in phase_metrics[later]
         }
         found = first_failures(metrics, np.arange(begin + 1, end + 1), np.ones(num_members, bool))
         failures = found | failures  # the earlier phase's failure first

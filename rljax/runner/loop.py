@@ -37,12 +37,6 @@ from rljax.runner.sinks import (
 )
 from rljax.runner.spec import RunSpec, check_budget, check_directory, resolve_spec
 
-# The train state's structure (pytree classes, static fields, shapes and dtypes), written
-# beside the checkpoints so a run restores without its dataset or anything else; a fine-tuning
-# run's online phase has a structure of its own.
-STATE_STRUCTURE = "state_structure.pkl"
-ONLINE_STATE_STRUCTURE = "state_structure_online.pkl"
-
 
 def train(
     spec: RunSpec,
@@ -76,14 +70,16 @@ def train(
         barrier("rljax: run directory created")
         metadata.enable_compilation_cache()
         program = build_program(spec, inner_wrapper=inner_wrapper)
-        num_updates, boundary = program.num_updates, program.offline_updates
+        num_updates, boundary = program.num_updates, program.boundary
         chunks = program.chunks()
         source = (
             f"dataset {spec.dataset} (evaluated on {spec.env['name']})"
             if program.agent.from_dataset
             else spec.env["name"]
         )
-        if program.online_updates:
+        if program.agent.fits_model:
+            source += f", a dynamics model of it fitted first ({boundary:,} model steps)"
+        elif boundary is not None:
             source += f", then {program.base.online_steps:,} steps online"
         size = "" if program.agent.from_dataset else f" of {program.steps_per_update} steps"
         members = len(program.members)
@@ -100,31 +96,33 @@ def train(
             .lower(program.stacked, layouts[False])
             .compile()
         }
-        if program.online_updates:
-            begin_jit = program.begin_online_fn()
+        if boundary is not None:
+            begin_jit = program.begin_fn()
             shapes[True] = jax.eval_shape(begin_jit, program.stacked, layouts[False])
             layouts[True] = program.abstract(shapes[True])
             begin_fn = begin_jit.lower(program.stacked, layouts[False]).compile()
             chunk_fns[True] = (
-                program.chunk_fn(chunk_updates(program, online=True), online=True)
+                program.chunk_fn(chunk_updates(program, 1), later=True)
                 .lower(program.stacked, layouts[True])
                 .compile()
             )
-        phase_metrics = {online: sorted(fn.out_info[1]) for online, fn in chunk_fns.items()}
+        phase_metrics = {later: sorted(fn.out_info[1]) for later, fn in chunk_fns.items()}
         metric_names = sorted(set().union(*phase_metrics.values()))
         compile_seconds = time.perf_counter() - start
 
         def launch(state, first: int):
-            """Dispatches the chunk after update ``first``, switching phase before the online
+            """Dispatches the chunk after update ``first``, switching phase before the second
             phase's first chunk."""
-            online = program.online_after(first + 1)
-            if online and first == boundary:
+            later = program.later_after(first + 1)
+            if later and first == boundary:
                 state = begin_fn(program.stacked, state)
-            return chunk_fns[online](program.stacked, state)
+                if program.agent.fits_model:
+                    program.agent.check_begin_policy(program.base, state)
+            return chunk_fns[later](program.stacked, state)
 
         checkpoints = Checkpoints(out / "checkpoints")
         done, state = (
-            checkpoints.restore_latest(lambda step: layouts[program.online_after(step)])
+            checkpoints.restore_latest(lambda step: layouts[program.later_after(step)])
             if resume
             else (None, None)
         )
@@ -272,12 +270,9 @@ def _write_run_files(out: Path, program: Program, shapes: dict, dataset_sha256: 
         if dataset_sha256 is not None:
             record["dataset_sha256"] = dataset_sha256
         saved.write_text(yaml.safe_dump(record, sort_keys=False))
-        for online, name in ((False, STATE_STRUCTURE), (True, ONLINE_STATE_STRUCTURE)):
-            if online in shapes:
-                structure = jax.tree.map(
-                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes[online]
-                )
-                (out / name).write_bytes(pickle.dumps(structure))
+        for later, phase_shapes in shapes.items():
+            structure = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), phase_shapes)
+            (out / program.structure_file(later)).write_bytes(pickle.dumps(structure))
     info = out / "run_info.json"
     starts = json.loads(info.read_text())["starts"] if info.exists() else []
     info.write_text(json.dumps({"starts": [*starts, metadata.environment()]}, indent=2))

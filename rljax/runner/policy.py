@@ -21,7 +21,7 @@ from rljax.envs.wrappers import NormalizeObservationState, env_action, find_stat
 from rljax.runner import evaluation
 from rljax.runner.checkpoint import Checkpoints
 from rljax.runner.errors import RunError
-from rljax.runner.loop import ONLINE_STATE_STRUCTURE, STATE_STRUCTURE
+from rljax.runner.phases import STATE_STRUCTURE
 from rljax.runner.program import Program, build_program
 from rljax.runner.spec import load_run
 
@@ -34,16 +34,18 @@ def restore(run_dir) -> tuple[Program, object, int]:
     program = build_program(load_run(run_dir), load_dataset=False)
     if not (run_dir / "checkpoints").is_dir() or not (run_dir / STATE_STRUCTURE).exists():
         raise RunError(f"{run_dir} has no finished checkpoint yet")
+    phases = (False, True)[: len(program.phases)]
+    files = {later: run_dir / program.structure_file(later) for later in phases}
     layouts = {
-        online: program.abstract(pickle.loads((run_dir / name).read_bytes()))
-        for online, name in ((False, STATE_STRUCTURE), (True, ONLINE_STATE_STRUCTURE))
-        if (run_dir / name).exists()
+        later: program.abstract(pickle.loads(file.read_bytes()))
+        for later, file in files.items()
+        if file.exists()
     }
     checkpoints = Checkpoints(run_dir / "checkpoints", read_only=True)
     try:
         if checkpoints.latest_step() is None:
             raise RunError(f"{run_dir} has no finished checkpoint yet")
-        step, state = checkpoints.restore_latest(lambda step: layouts[program.online_after(step)])
+        step, state = checkpoints.restore_latest(lambda step: layouts[program.later_after(step)])
     finally:
         checkpoints.close()
     if step is None:

@@ -19,6 +19,7 @@ from rljax import agents, data, envs
 from rljax.runner import config as config_lib
 from rljax.runner import evaluation
 from rljax.runner.guard import params_finite
+from rljax.runner.phases import STATE_STRUCTURE, Phase, phases
 from rljax.runner.spec import RunSpec, check_evaluation_env
 
 
@@ -59,54 +60,60 @@ class Program:
         return self.configs[0]
 
     @property
-    def offline_updates(self) -> int:
-        """Updates of a dataset agent's offline phase (0 for an env agent)."""
-        return self.base.num_updates if self.agent.from_dataset else 0
+    def phases(self) -> tuple[Phase, ...]:
+        return phases(self.agent, self.base)
 
     @property
-    def online_updates(self) -> int:
-        """Updates of a fine-tuning run's online phase (0 without one)."""
-        return self.base.num_online_updates if self.agent.fine_tunes else 0
+    def boundary(self) -> int | None:
+        """Updates before the second phase begins (None in a one-phase run)."""
+        return self.phases[0].updates if len(self.phases) > 1 else None
 
     @property
     def num_updates(self) -> int:
-        """Updates of the whole run: the offline phase's, then the online phase's."""
-        return self.base.num_updates + self.online_updates
+        """Updates of the whole run, every phase's."""
+        return sum(phase.updates for phase in self.phases)
 
     @property
     def steps_per_update(self) -> int:
-        """Env steps per update; a dataset agent's update is one gradient step."""
-        return 1 if self.agent.from_dataset else self.base.steps_per_update
+        """Env steps per update of the first phase; a dataset agent's update is one gradient
+        step."""
+        return self.phases[0].steps_per_update
 
     def steps(self, updates):
-        """The run's one step axis at ``updates``: env steps, or gradient steps of a dataset
-        agent; a fine-tuning run counts its offline gradient steps, then its env steps."""
-        updates = np.asarray(updates)
-        online = np.maximum(updates - self.offline_updates, 0)
-        if not self.online_updates:
-            return updates * self.steps_per_update
-        return updates - online + online * self.base.steps_per_update
+        """The run's one step axis at ``updates``: each phase counts its own steps (env steps,
+        or gradient steps of a dataset agent or of a dynamics model) after the last phase's."""
+        updates, steps, before = np.asarray(updates), 0, 0
+        for phase in self.phases:
+            steps = steps + np.clip(updates - before, 0, phase.updates) * phase.steps_per_update
+            before += phase.updates
+        return steps
 
     def chunks(self) -> list[tuple[int, int]]:
-        """(first update, updates) of every chunk: the offline (or only) phase's, then the
-        online phase's."""
-        per_chunk = chunk_updates(self)
-        chunks = [(first, per_chunk) for first in range(0, self.base.num_updates, per_chunk)]
-        if self.online_updates:
-            per_chunk = chunk_updates(self, online=True)
-            first_online = range(self.base.num_updates, self.num_updates, per_chunk)
-            chunks += [(first, per_chunk) for first in first_online]
+        """(first update, updates) of every chunk, phase after phase."""
+        chunks, before = [], 0
+        for index, phase in enumerate(self.phases):
+            per_chunk = chunk_updates(self, index)
+            chunks += [(first, per_chunk) for first in range(before, before + phase.updates,
+                                                             per_chunk)]  # fmt: skip
+            before += phase.updates
         return chunks
 
-    def online_after(self, update: int) -> bool:
-        """Whether the train state after ``update`` updates is a fine-tuning run's online one
-        (its layout differs from the offline phase's)."""
-        return bool(self.online_updates) and update > self.offline_updates
+    def later_after(self, update: int) -> bool:
+        """Whether the train state after ``update`` updates is the second phase's (its layout
+        may differ from the first's)."""
+        return self.boundary is not None and update > self.boundary
 
     def unit(self, update: int) -> str:
-        """What the step axis counts up to ``update``: gradient steps through a dataset agent's
-        offline phase, env steps after it and for an env agent."""
-        return "gradient steps" if update <= self.offline_updates else "steps"
+        """What the step axis counts up to ``update``."""
+        return self.phases[self.later_after(update)].unit
+
+    def axis_label(self) -> str:
+        """The step axis's label: each phase's unit, in order."""
+        return ", then ".join(dict.fromkeys(phase.unit for phase in self.phases))
+
+    def structure_file(self, later: bool) -> str:
+        """The run directory's file that holds the train state's structure of a phase."""
+        return f"state_structure_{self.phases[1].name}.pkl" if later else STATE_STRUCTURE
 
     def source(self):
         """What ``init`` and ``update`` take after the config: the dataset, or env and params."""
@@ -135,39 +142,35 @@ class Program:
         )
         return jax.jit(init, out_shardings=self.sharding)
 
-    def chunk_fn(self, num_updates: int, online: bool = False):
-        """(configs, states) -> (states, metrics, params finite), num_updates per member; of the
-        online phase's ``update_online`` with ``online``."""
-        module, source = self.agent.module, self.source()
-
-        def update(config, state):
-            if online:
-                return module.update_online(config, *self.online_source(), state)
-            return module.update(config, *source, state)
+    def chunk_fn(self, num_updates: int, later: bool = False):
+        """(configs, states) -> (states, metrics, params finite), num_updates per member of
+        the first phase's update, or of the second's with ``later``."""
+        module, phase = self.agent.module, self.phases[later]
+        update, source = getattr(module, phase.update), self.phase_source(phase)
 
         def run_member(config, state):
             self.traces += 1  # runs while tracing only: counts compilations, not calls
             state, metrics = jax.lax.scan(
-                lambda state, _: update(config, state), state, None, num_updates
+                lambda state, _: update(config, *source, state), state, None, num_updates
             )
-            if self.agent.from_dataset:
+            if phase.evaluates:
                 metrics |= self._evaluation(config, state, num_updates)
             return state, metrics, params_finite(state.params)
 
         return self._per_member(run_member)
 
-    def begin_online_fn(self):
-        """(configs, offline states) -> online states: a fine-tuning agent's phase switch."""
-        module = self.agent.module
+    def begin_fn(self):
+        """(configs, first phase's states) -> second phase's states, at the boundary."""
+        phase = self.phases[1]
+        begin, source = getattr(self.agent.module, phase.begin), self.phase_source(phase)
+        return self._per_member(lambda config, state: begin(config, *source, state))
 
-        def begin(config, state):
-            return module.begin_online(config, *self.online_source(), state)
-
-        return self._per_member(begin)
-
-    def online_source(self):
-        """What a fine-tuning agent's online functions take after the config."""
-        return self.dataset, self.env, self.env_params
+    def phase_source(self, phase: Phase):
+        """What the agent's functions of ``phase`` take after the config: the dataset, the env
+        and its params, or (online fine-tuning) all three."""
+        if phase.name == "online":
+            return self.dataset, self.env, self.env_params
+        return self.source()
 
     def _per_member(self, fn):
         """``fn(config, state)`` jitted over the members, each device running its own; the
@@ -262,24 +265,22 @@ def member_sharding(num_members: int) -> NamedSharding:
     return NamedSharding(Mesh(np.array(devices[:count]), ("member",)), PartitionSpec("member"))
 
 
-def chunk_updates(program: Program, online: bool = False) -> int:
-    """Updates per jitted chunk of the offline (or only) phase, or of the online one: the
-    spec's, or the largest divisor of the phase's updates up to a tenth of it (~10+ chunks, one
-    compilation)."""
-    num_updates = program.online_updates if online else program.base.num_updates
-    if num_updates < 1:
-        field = "online_steps" if online else program.agent.budget_field
-        size = program.base.steps_per_update if online else program.steps_per_update
+def chunk_updates(program: Program, phase: int = 0) -> int:
+    """Updates per jitted chunk of a phase (the first by default): the spec's, or the largest
+    divisor of the phase's updates up to a tenth of it (~10+ chunks, one compilation)."""
+    found = program.phases[phase]
+    if found.updates < 1:
         raise config_lib.FieldOutOfRange(
-            f"{field}={getattr(program.base, field)} is less than one update ({size} steps)"
+            f"{found.budget}={getattr(program.base, found.budget)} is less than one update "
+            f"({found.steps_per_update} steps)"
         )
-    limit = max(1, num_updates // 10)
+    limit = max(1, found.updates // 10)
     per_chunk = program.spec.chunk_updates or max(
-        d for d in range(1, limit + 1) if num_updates % d == 0
+        d for d in range(1, limit + 1) if found.updates % d == 0
     )
-    if num_updates % per_chunk:
-        phase = "online " if online else ""
+    if found.updates % per_chunk:
+        name = f"{found.name} " if len(program.phases) > 1 else ""
         raise config_lib.FieldOutOfRange(
-            f"chunk_updates={per_chunk} must divide the number of {phase}updates ({num_updates})"
+            f"chunk_updates={per_chunk} must divide the number of {name}updates ({found.updates})"
         )
     return per_chunk

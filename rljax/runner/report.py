@@ -72,7 +72,8 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
     """Writes curve.png, summary.json and, for sweeps, sweep.csv; returns the summary."""
     spec, members, num_updates = program.spec, program.members, program.num_updates
     env_steps = None if program.agent.from_dataset else num_updates * program.steps_per_update
-    if program.online_updates:
+    first, boundary = program.phases[0], program.boundary
+    if program.agent.fine_tunes and boundary is not None:
         env_steps = program.base.online_steps
     summary = {
         "algo": spec.algo,
@@ -82,7 +83,7 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
         "environment": metadata.environment(),
         "num_updates": num_updates,
         "env_steps_per_member": env_steps,
-        **({"offline_updates": program.offline_updates} if program.online_updates else {}),
+        **({f"{first.name}_updates": boundary} if boundary is not None else {}),
         **timing,
         "failed": {str(m): failure_text(program, m, f) for m, f in sorted(failures.items())},
     }
@@ -98,11 +99,11 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
              **_final(program, "final", final[m]), "failed": m in failures}
             for m, (c, s) in enumerate(members)
         ]  # fmt: skip
-        if program.online_updates:  # and each member's last evaluation of the offline phase
-            offline = slice(0, program.offline_updates)
-            at_boundary = results.final_returns(returns[:, offline], episodes[:, offline])
+        if boundary is not None and first.evaluates:  # and each member's last evaluation
+            before = slice(0, boundary)  # of the first phase
+            at_boundary = results.final_returns(returns[:, before], episodes[:, before])
             for row, value in zip(summary["final_returns"], at_boundary, strict=True):
-                row |= _final(program, "offline_final", value)
+                row |= _final(program, f"{first.name}_final", value)
         steps = program.steps(np.arange(1, num_updates + 1))
         if program.agent.from_dataset:  # the evaluations after each chunk, unsmoothed
             evaluated = episodes[0] > 0
@@ -112,10 +113,10 @@ def finish(program, out: Path, table: dict, timing: dict, failures: dict, print_
         by_config = {_label(spec, c): curves[_own(members, c)] for c in range(len(program.configs))}
         if is_primary():
             title = f"{spec.algo} on {spec.dataset or spec.env['name']}"
-            boundary = program.steps(program.offline_updates) if program.online_updates else None
+            marked = None if boundary is None else program.steps(boundary)
             results.plot_curves(
-                out / "curve.png", steps, by_config, title, program.unit(num_updates), name,
-                boundary=boundary,
+                out / "curve.png", steps, by_config, title, program.axis_label(), name,
+                boundary=marked,
             )  # fmt: skip
         summary["ranking"] = _rank(spec, members, measure(final), failures, out, print_fn, name)
     if is_primary():

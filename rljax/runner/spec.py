@@ -81,16 +81,12 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     check_fine_tuning(spec)
     if spec.seeds < 1:
         raise config_lib.FieldOutOfRange(f"seeds={spec.seeds} is out of range: it must be >= 1")
-    if agent.learns_from == agents.MODEL_THEN_DATASET:
-        raise config_lib.ConfigError(
-            f"{spec.algo} learns from {agent.learns_from!r}, which the runner cannot train yet"
-        )
     env = dict(spec.env)
     if not agent.from_dataset:
         if spec.dataset is not None:
             raise config_lib.ConfigError(
                 f"{spec.algo} learns online, from its env; --dataset is for the offline agents "
-                f"({', '.join(agents.names(agents.DATASET, agents.DATASET_THEN_ENV))})"
+                f"({', '.join(agents.names(*agents.DATASET_SOURCES))})"
             )
     else:
         if spec.dataset is None:
@@ -127,15 +123,31 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
         raise config_lib.ConfigError(
             "no environment: pass --env NAME (or a --config preset that names one)"
         )
-    return dataclasses.replace(spec, env=env)
+    return dataclasses.replace(spec, env=env, agent=_with_termination(agent, spec, env["name"]))
+
+
+def _with_termination(agent: agents.Declaration, spec: RunSpec, env_name: str) -> dict:
+    """A model-based agent's fields with its ``termination`` set to the env's, when its table
+    has that env and neither the fields nor the grid set it."""
+    if not agent.fits_model or "termination" in spec.agent or "termination" in spec.grid:
+        return spec.agent
+    choices = config_lib.field_choices(agent.module.Config, "termination")
+    return spec.agent | ({"termination": env_name} if env_name in choices else {})
 
 
 def check_fine_tuning(spec: RunSpec) -> None:
-    """ConfigError for online steps asked of an agent that cannot fine-tune online."""
-    if "online_steps" in spec.agent and not agents.declaration(spec.algo).fine_tunes:
+    """ConfigError for online steps asked of an agent that cannot fine-tune online, or model
+    steps of one that fits no model."""
+    declared = agents.declaration(spec.algo)
+    if "online_steps" in spec.agent and not declared.fine_tunes:
         raise config_lib.ConfigError(
             f"{spec.algo} cannot fine-tune online (--online-steps); the agents that can: "
             f"{', '.join(agents.names(agents.DATASET_THEN_ENV))}"
+        )
+    if "model_updates" in spec.agent and not declared.fits_model:
+        raise config_lib.ConfigError(
+            f"{spec.algo} fits no dynamics model (--model-steps); the agents that do: "
+            f"{', '.join(agents.names(agents.MODEL_THEN_DATASET))}"
         )
 
 
@@ -148,9 +160,11 @@ def check_budget(spec: RunSpec) -> None:
     budgets = [(agent.budget_field, config.num_updates, config.num_updates * steps_per_update)]
     if agent.fine_tunes:
         budgets.append(("online_steps", config.num_online_updates, config.online_steps))
+    if agent.fits_model:
+        budgets.append(("model_updates", config.model_updates, config.model_updates))
     for field, updates, steps in budgets:
         if updates > MAX_STEPS or steps > MAX_STEPS:
-            unit = "gradient steps" if field == "total_updates" else "env steps"
+            unit = "env steps" if field in ("total_timesteps", "online_steps") else "gradient steps"
             raise config_lib.FieldOutOfRange(
                 f"{field}={getattr(config, field)} is out of range: a run takes at most "
                 f"2**31 - 1 = {MAX_STEPS:,} {unit} per member (its step counters are int32); "
