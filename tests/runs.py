@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rljax.data import Dataset
+from rljax.data import Dataset, write_d4rl
 from rljax.generate import d4rl as gen
 from rljax.runner.policy import restore
 from rljax.runner.spec import RunSpec
@@ -135,3 +135,39 @@ def straight_line_dataset(rng, episodes=300, horizon=40, speed=0.05) -> Dataset:
         terminals=np.zeros(n), timeouts=timeouts.reshape(n),
         next_observations=next_obs.reshape(n, 2),
     )  # fmt: skip
+
+
+def random_pendulum_dataset(path: Path, env: dict, horizon: int) -> Path:
+    """Random [-1, 1] actions on Pendulum-v1 in ``horizon``-step episodes, with references,
+    written to ``path``: the runner's two-phase tests train on it."""
+    rng = np.random.default_rng(0)
+    n = 5 * horizon
+    timeouts = np.zeros(n, np.float32)
+    timeouts[horizon - 1 :: horizon] = 1
+    arrays = {
+        "observations": rng.normal(size=(n, 3)), "actions": rng.uniform(-1, 1, (n, 1)),
+        "rewards": -rng.uniform(0, 10, n), "terminals": np.zeros(n, np.float32),
+        "timeouts": timeouts, "next_observations": rng.normal(size=(n, 3)),
+    }  # fmt: skip
+    write_d4rl(path, arrays, {"env": env, "ref_min_score": -200.0, "ref_max_score": -10.0})
+    return path
+
+
+def assert_resumes_bit_for_bit(train, spec, straight: Path, resumed: Path, crash_at: str):
+    """A run of ``spec`` interrupted when its progress line shows ``crash_at``, then resumed,
+    ends with the checkpoint and metrics of ``straight``, the same run uninterrupted."""
+
+    def crash(line):
+        if line.startswith("[") and crash_at in line:
+            raise KeyboardInterrupt
+
+    try:
+        train(spec, resumed, checkpoint_seconds=0, print_fn=crash)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError(f"the run never reached {crash_at}")
+    train(spec, resumed, resume=True, checkpoint_seconds=0, print_fn=quiet)
+    for a, b in zip(checkpoint_leaves(straight), checkpoint_leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (straight / "metrics.csv").read_text() == (resumed / "metrics.csv").read_text()

@@ -8,10 +8,9 @@ import json
 import jax
 import numpy as np
 import pytest
-from runs import checkpoint_leaves, quiet
+from runs import assert_resumes_bit_for_bit, quiet, random_pendulum_dataset
 
 from rljax import cli
-from rljax.data import write_d4rl
 from rljax.runner.config import ConfigError, FieldOutOfRange
 from rljax.runner.loop import train
 from rljax.runner.policy import load_policy
@@ -31,20 +30,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def dataset_path(tmp_path_factory):
-    """Random [-1, 1] actions on Pendulum-v1 in 20-step episodes, with references."""
-    rng = np.random.default_rng(0)
-    n = 5 * HORIZON
-    timeouts = np.zeros(n, np.float32)
-    timeouts[HORIZON - 1 :: HORIZON] = 1
-    arrays = {
-        "observations": rng.normal(size=(n, 3)), "actions": rng.uniform(-1, 1, (n, 1)),
-        "rewards": -rng.uniform(0, 10, n), "terminals": np.zeros(n, np.float32),
-        "timeouts": timeouts, "next_observations": rng.normal(size=(n, 3)),
-    }  # fmt: skip
-    metadata = {"env": ENV, "ref_min_score": -200.0, "ref_max_score": -10.0}
     path = tmp_path_factory.mktemp("data") / "pendulum-random.hdf5"
-    write_d4rl(path, arrays, metadata)
-    return path
+    return random_pendulum_dataset(path, ENV, HORIZON)
 
 
 def spec(dataset_path, **agent) -> RunSpec:
@@ -87,17 +74,7 @@ def test_one_run_fits_the_model_then_the_policy_on_one_step_axis(straight):
 def test_an_interrupted_run_resumes_bit_for_bit_in_either_phase(
     dataset_path, straight, tmp_path, crash_at
 ):
-    def crash(line):
-        if line.startswith("[") and crash_at in line:
-            raise KeyboardInterrupt
-
-    resumed = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        train(spec(dataset_path), resumed, checkpoint_seconds=0, print_fn=crash)
-    train(spec(dataset_path), resumed, resume=True, checkpoint_seconds=0, print_fn=quiet)
-    for a, b in zip(checkpoint_leaves(straight), checkpoint_leaves(resumed), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert (straight / "metrics.csv").read_text() == (resumed / "metrics.csv").read_text()
+    assert_resumes_bit_for_bit(train, spec(dataset_path), straight, tmp_path / "resumed", crash_at)
 
 
 def test_the_policy_loads_from_the_run_directory_alone(straight):
