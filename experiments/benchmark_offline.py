@@ -20,6 +20,7 @@ rollout transitions, or PGD's sampled trajectories: the first rollout or synthet
 ``--trajectories``); and its policy's gradient steps/s (with the rollouts that fall due).
 
     python experiments/benchmark_offline.py [--agents bc,td3_bc] [--updates 2000] [--rows 1000000]
+        [--rollout-states 50000] [--trajectories 256] [--unet-features 1024]
 """
 
 import argparse
@@ -88,7 +89,10 @@ def measure(agent, config, dataset, updates: int, seeds: int) -> dict:
 def sized(name: str, args) -> dict:
     """The generation sizes of a model-based agent's config (the rest its paper's)."""
     if name == "pgd":
-        return {"num_synthetic_trajectories": args.trajectories}
+        return {
+            "num_synthetic_trajectories": args.trajectories,
+            "unet_features": args.unet_features,
+        }
     if name == "mbrcsl":  # one round of its authors' 200 trajectories, whatever they return
         return {"max_rounds": 1}
     return {"rollout_batch_size": args.rollout_states}
@@ -320,6 +324,10 @@ def main():
     parser.add_argument(
         "--trajectories", type=int, default=256, help="PGD: trajectories sampled at once"
     )
+    parser.add_argument(
+        "--unet-features", type=int, default=1024,
+        help="PGD: the denoiser's first-level channels (the paper's 1024: 178M weights)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0]}")

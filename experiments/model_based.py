@@ -15,26 +15,45 @@ the model (``true_dynamics=Pendulum-v1``), so no model error is left: SAC's two 
 true dynamics the first still fails, because truncated rollouts reach states that are only
 bootstrapped from (the edge of reach), and the second does not.
 
-Writes ``table.json`` and the markdown tables beside the runs; finished runs under ``--out``
-are reused, interrupted ones resumed.
+The stitching result (``--stitching``, instead of the rest): on MBRCSL's maze and data
+(``rljax.generate.mbrcsl_maze``: episodes that go to the middle and stop, and detours to the
+goal; none takes the short way), MBRCSL against RCSL (the same return-conditioned policy on the
+data's episodes, ``rcsl_on=dataset``) and BC, for ``--policy-steps`` steps each; scores put the
+random policy at 0 and the oracle's short way at 100, and the data's groups are printed beside.
+Stitching itself is measured in the true maze: of 50 deterministic episodes per seed, the share
+that reach the goal, and that reach it the short way (never entering the detour's cell (1, 1)).
+
+Adds its rows to ``table.json`` beside the runs and prints the markdown table; finished runs
+under ``--out`` are reused, interrupted ones resumed.
 
     python experiments/model_based.py [--agents mopo,ravl,pgd,td3_bc,iql]
         [--kinds medium,medium-replay] [--model-steps 5000] [--policy-steps 10000]
-        [--seeds 4] [--diagnostic] [--data DIR] [--out DIR]
+        [--seeds 4] [--diagnostic] [--stitching] [--data DIR] [--out DIR]
 """
 
 import argparse
 import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from offline_pendulum import sizes  # experiments/ is on the path of a script run there
 
+from rljax.agents.mbrcsl import episode_starts
+from rljax.data import load, normalized_score, references
+from rljax.generate import mbrcsl_maze
 from rljax.generate.d4rl import RECIPES, generate_all
 from rljax.runner.loop import train
+from rljax.runner.policy import member_policy, restore
 from rljax.runner.spec import RunSpec
 
 MODEL_BASED = ("mopo", "ravl", "pgd")
+STITCHING = {  # row -> (agent, fields): MBRCSL against RCSL (the same policy) and BC on the data
+    "MBRCSL": ("mbrcsl", {}),
+    "RCSL on the data": ("mbrcsl", {"rcsl_on": "dataset", "model_updates": 1}),
+    "BC on the data": ("bc", {}),
+}
 AGENTS = (*MODEL_BASED, "td3_bc", "iql")
 ENV = {"name": "Pendulum-v1", "unit_actions": True}
 
@@ -45,7 +64,8 @@ def settings(algo: str, args) -> tuple[dict, dict]:
     schedule cut to as many layers; rollouts of ``--rollout-states`` states every 1000 policy
     steps; PGD's denoiser at ``--unet-features`` and ``--sampling-steps``, a pool of
     ``--trajectories`` windows regenerated four times in the run (the first unguided, as the
-    authors'), guided at ``--guidance`` and unguided."""
+    authors'), guided at ``--guidance`` and unguided; GroupNorm groups of 16 channels (the
+    authors' 8 groups have 128 at their 1024 channels; pgd.py says why groups stay large)."""
     if algo not in MODEL_BASED:
         return {}, {}
     fields = {"model_updates": args.model_steps}
@@ -56,6 +76,7 @@ def settings(algo: str, args) -> tuple[dict, dict]:
         return fields, {}
     fields |= {
         "unet_features": args.unet_features, "num_sampling_steps": args.sampling_steps,
+        "unet_groups": max(args.unet_features // 16, 1),
         "num_synthetic_trajectories": args.trajectories,
         "regenerate_every": max(1, args.policy_steps // 4),
     }  # fmt: skip
@@ -69,17 +90,83 @@ def dataset(directory: Path, kind: str) -> Path:
     return path
 
 
-def run(algo: str, path: Path, out: Path, args, fields: dict, grid: dict) -> dict:
+def run(algo: str, path: Path, out: Path, args, fields: dict, grid: dict, env=ENV) -> dict:
     """The run's summary (trained now, resumed, or read back)."""
     if not (out / "summary.json").exists():
         hidden = [int(h) for h in args.hidden.split(",")]
         spec = RunSpec(
-            algo=algo, env=ENV, seeds=args.seeds, dataset=str(path), grid=grid,
+            algo=algo, env=env, seeds=args.seeds, dataset=str(path), grid=grid,
             agent={"total_updates": args.policy_steps, **sizes(algo, hidden), **fields},
             eval_episodes=args.eval_episodes,
         )  # fmt: skip
         train(spec, out, resume=out.exists(), print_fn=lambda *_: None)
     return json.loads((out / "summary.json").read_text())
+
+
+def stitching(args, record: dict) -> list[str]:
+    """MBRCSL against RCSL and BC on its stitching maze (``rljax.generate.mbrcsl_maze``): rows
+    of the table, and the data's own scores for reference."""
+    path = mbrcsl_maze.path(args.data)
+    if not path.exists():
+        mbrcsl_maze.write(args.data)
+    dataset, metadata = load(path)
+    horizon = int(np.diff(episode_starts(dataset)).max())  # 199 transitions an episode
+    score = lambda r: normalized_score(r, *references(metadata))  # noqa: E731
+    rows = [f"| data: {name} | {score(g['mean_return']):.1f} (best {score(g['best_return']):.1f})"
+            " | | | | |" for name, g in metadata["groups"].items()]  # fmt: skip
+    for name, (algo, fields) in STITCHING.items():
+        if algo == "mbrcsl":
+            fields = settings("mopo", args)[0] | fields | {
+                "horizon": horizon, "max_rounds": args.max_rounds, "rollout_batch_size": 200
+            }  # fmt: skip
+        summary = run(algo, path, args.out / "stitching" / algo_dir(name), args, fields, {},
+                      mbrcsl_maze.ENV)  # fmt: skip
+        values = scores(summary)[""]
+        seconds = summary["compile_seconds"] + summary["train_seconds"]
+        per_seed = ", ".join(f"{v:.1f}" for v in values)
+        reached, short = goal_reaching(args.out / "stitching" / algo_dir(name))
+        record[f"stitching/{name}"] = {
+            "score": values.tolist(), "reached": reached.tolist(), "short_way": short.tolist()
+        }  # fmt: skip
+        rows.append(
+            f"| {name} | {cell(values)} | {per_seed} | {cell(100 * reached)} | "
+            f"{cell(100 * short)} | {seconds:.0f} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def goal_reaching(run_dir: Path, episodes: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed, the share of ``episodes`` deterministic episodes in the true maze that reach
+    the goal (within its radius), and the share that do so the short way (never entering the
+    detour's cell (1, 1))."""
+    program, state, _ = restore(run_dir)
+    env, params = mbrcsl_maze.make_env()
+    detour_cell = 1 * env.cols + 1
+    wraps = program.agent.wraps_env  # MBRCSL's policy reads the return so far
+    step = jax.jit(jax.vmap(env.step_env, (None, 0, 0, None)))
+    reached, short = [], []
+    for member in range(len(program.members)):
+        policy = jax.jit(member_policy(program, state, member, deterministic=True))
+        keys = jax.random.split(jax.random.PRNGKey(member), episodes)
+        _, env_state = jax.vmap(env.reset_env, (0, None))(keys, params)
+        so_far = jnp.zeros(episodes)
+        hit, hit_short, west = (np.zeros(episodes, bool) for _ in range(3))
+        for t in range(int(params.max_steps_in_episode)):
+            obs = jnp.concatenate([env_state.pos, so_far[:, None]], -1) if wraps else env_state.pos
+            action = policy(obs, jax.random.PRNGKey(t))
+            _, env_state, reward, _, info = step(jax.random.PRNGKey(t), env_state, action, params)
+            so_far = so_far + reward
+            west |= np.asarray(env.cell(env_state.pos)) == detour_cell
+            hit |= np.asarray(info["success"])
+            hit_short |= np.asarray(info["success"]) & ~west
+        reached.append(hit.mean())
+        short.append(hit_short.mean())
+    return np.asarray(reached), np.asarray(short)
+
+
+def algo_dir(name: str) -> str:
+    return name.lower().replace(" ", "-")
 
 
 def scores(summary: dict) -> dict[str, np.ndarray]:
@@ -110,11 +197,25 @@ def main():
     parser.add_argument("--guidance", type=float, default=0.1)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--diagnostic", action="store_true", help="the edge-of-reach runs too")
+    parser.add_argument("--stitching", action="store_true", help="MBRCSL's maze only")
+    parser.add_argument("--max-rounds", type=int, default=50, help="MBRCSL's rollout rounds")
     parser.add_argument("--data", type=Path, default=Path("runs/model_based/data"))
     parser.add_argument("--out", type=Path, default=Path("runs/model_based"))
     args = parser.parse_args()
+    table = args.out / "table.json"  # every invocation adds its rows to the runs' table
+    rows, record = [], json.loads(table.read_text()) if table.exists() else {}
+    if args.stitching:
+        print(
+            f"MBRCSL's maze, {args.seeds} seeds; final normalized score (0 random, 100 the "
+            "oracle's short way); % of 50 episodes a seed that reach the goal, and that reach "
+            "it the short way\n"
+            "| agent | final score | per seed | reached % | short way % | seconds |\n"
+            "|---|---|---|---|---|---|"
+        )
+        print("\n".join(stitching(args, record)))
+        table.write_text(json.dumps(record, indent=2))
+        return
 
-    rows, record = [], {}
     for kind in args.kinds.split(","):
         path = dataset(args.data, kind)
         runs = [(algo, algo, *settings(algo, args)) for algo in args.agents.split(",")]
@@ -133,7 +234,7 @@ def main():
                 print(rows[-1], flush=True)
                 record[f"{kind}/{shown}"] = values.tolist()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.json").write_text(json.dumps(record, indent=2))
+    table.write_text(json.dumps(record, indent=2))
     print(f"\nPendulum-v1, {args.seeds} seeds, {args.model_steps} model steps (model-based "
           f"agents), then {args.policy_steps} policy gradient steps; final normalized score, "
           "mean ± std over seeds; seconds: compile and training of all seeds")  # fmt: skip

@@ -228,9 +228,17 @@ def _export(args) -> None:
 
 def _generate(args) -> None:
     from rljax.data import data_dir, prepare_outputs
-    from rljax.generate import d4rl, mazes
+    from rljax.generate import d4rl, mazes, mbrcsl_maze
     from rljax.runner.errors import RunError
 
+    if args.env.removeprefix("rljax/").lower() == "pointmaze-mbrcsl":
+        if args.kind or args.steps is not None:
+            raise RunError("MBRCSL's maze has one dataset of 200-step episodes: no --kind, --steps")
+        path = mbrcsl_maze.write(
+            args.out or data_dir(), seed=args.seed, episodes=args.episodes or 1000, force=args.force
+        )
+        print(f"wrote {path}")
+        return
     if args.env.removeprefix("rljax/").lower().startswith(("pointmaze", "gridmaze")):
         kinds, out = args.kind or mazes.KINDS, args.out or data_dir()
         # Every kind's files are checked before the first is generated.
@@ -415,8 +423,8 @@ def parser() -> argparse.ArgumentParser:
     )
     generate.add_argument(
         "env",
-        help="an env with a recipe (Pendulum-v1, brax/hopper, ...) or a maze "
-        "(rljax/PointMaze-medium, ...)",
+        help="an env with a recipe (Pendulum-v1, brax/hopper, ...), a maze "
+        "(rljax/PointMaze-medium, ...) or MBRCSL's stitching maze (rljax/PointMaze-mbrcsl)",
     )
     generate.add_argument(
         "--kind", action="append", metavar="KIND",

@@ -108,6 +108,25 @@ def test_episode_starts_and_best_return():
     assert mbrcsl.max_episode_return(data) == 6.0
 
 
+def test_rcsl_on_the_data_learns_every_episode_with_its_returns_to_go():
+    """rcsl_on='dataset' (the RCSL baseline): begin_policy keeps every dataset episode as a
+    trajectory, labelled rtg_t = R - sum_{t'<t} r_t' and aiming at the best episode return; the
+    ensemble and the rollouts are not used. Episodes of another length are a named error."""
+    config = tiny(rcsl_on="dataset", horizon=10)
+    data = toy_dataset(episodes=6)
+    state = mbrcsl.begin_policy(config, data, mbrcsl.init(config, data, jax.random.PRNGKey(0)))
+    rewards = np.asarray(data.rewards).reshape(6, 10)
+    returns = rewards.sum(1)
+    np.testing.assert_allclose(state.rollouts.returns, returns, rtol=1e-6)
+    np.testing.assert_allclose(state.rollouts.rtgs[:, 0], returns, rtol=1e-6)
+    np.testing.assert_allclose(state.rollouts.rtgs[:, -1], rewards[:, -1], rtol=1e-6)
+    np.testing.assert_array_equal(state.rollouts.actions[2, :, 0], data.actions[20:30, 0])
+    assert int(state.rollouts.count) == 6 and state.rollout_stats["rollout_rounds"] == 0
+    np.testing.assert_allclose(state.params.target_return, returns.max(), rtol=1e-6)
+    with pytest.raises(ValueError, match="horizon=9 steps long; the dataset's run from 10 to 10"):
+        mbrcsl.init(tiny(rcsl_on="dataset", horizon=9), data, jax.random.PRNGKey(0))
+
+
 # --- The diffusion behaviour policy ---
 
 

@@ -412,6 +412,7 @@ def test_train_runs_both_phases_with_iql():
     [
         ({"unet_features": 20}, "unet_features"),
         ({"unet_features": 8}, "unet_features"),
+        ({"unet_features": 24, "unet_groups": 16}, "unet_groups=16"),
         ({"trajectory_length": 4, "unet_blocks": 4}, "trajectory_length"),
         ({"synthetic_batch_size": 300}, "synthetic_batch_size"),
         ({"num_synthetic_trajectories": 20}, "num_synthetic_trajectories"),

@@ -40,6 +40,10 @@ the kept rows only, L_pi = mean (pi(s, rtg) - a)^2, with Adam and coupled L2 (Py
 ReLU layers (1024, 1024 in the paper) with PyTorch's default init and the last layer
 Xavier-uniform with gain 1e-2, on raw (s, rtg) as the authors.
 
+RCSL, the baseline MBRCSL is measured against (``rcsl_on="dataset"``): the same pi, trained on
+every dataset episode (each must be ``horizon`` steps long) with its returns-to-go and aiming at
+the best episode return; ``begin_policy`` then makes no rollouts and the model phase is unused.
+
 Acting: pi conditions on the return still to collect, rtg = target - (return so far), with the
 target the best kept rollout return (the authors' evaluation) stored in Params at
 ``begin_policy``. To keep ``act`` a function of the observation, ``wrap_env`` (``WRAPS_ENV``)
@@ -99,6 +103,7 @@ def _field(default, *, static=False, bounds=None, choices=None, doc):
     return struct.field(pytree_node=not static, default=default, metadata=metadata)
 
 
+RCSL_SOURCES = ("rollouts", "dataset")
 TERMINATION_CHOICES = ("none", "Pendulum-v1", "brax/halfcheetah", "brax/hopper", "brax/walker2d")
 
 
@@ -174,6 +179,12 @@ class Config:
         100, static=True, bounds="[1, inf)", doc="kept trajectories that end the rollouts"
     )
     max_rounds: int = _field(1000, static=True, bounds="[1, inf)", doc="rollout rounds at most")
+    rcsl_on: str = _field(
+        "rollouts",
+        static=True,
+        choices=RCSL_SOURCES,
+        doc="pi learns from the kept rollouts (MBRCSL) or the data's episodes (RCSL)",
+    )
 
     @property
     def num_updates(self) -> int:
@@ -798,6 +809,32 @@ def keep_rollouts(rollouts: Rollouts, obs, actions, rewards, threshold):
     return rollouts, kept
 
 
+def check_episode_lengths(config, dataset) -> None:
+    """RCSL on the dataset takes its episodes as ``horizon``-step trajectories: a named error
+    for any other length."""
+    lengths = np.diff(np.append(episode_starts(dataset), len(dataset.rewards)))
+    if (lengths != config.horizon).any():
+        raise ValueError(
+            f"rcsl_on='dataset' needs every episode to be horizon={config.horizon} steps long; "
+            f"the dataset's run from {lengths.min()} to {lengths.max()} steps: set horizon to "
+            "their length"
+        )
+
+
+def dataset_episodes(config: Config, dataset) -> Rollouts:
+    """The dataset's episodes as kept trajectories (every one), with their returns-to-go."""
+    h = config.horizon
+    episodes = lambda x: x.reshape(-1, h, *x.shape[1:])  # noqa: E731
+    rewards = episodes(dataset.rewards)
+    return Rollouts(
+        observations=episodes(dataset.observations),
+        actions=episodes(dataset.actions),
+        rtgs=returns_to_go(rewards.T).T,
+        returns=rewards.sum(1),
+        count=jnp.asarray(rewards.shape[0], jnp.int32),
+    )
+
+
 def model_rollout(config: Config, ensemble: Ensemble, behavior: Behavior, starts, rng, action_dim):
     """``horizon`` steps from ``starts`` (B, S) with mu and one elite per row; time-major
     (obs, actions, rewards, next_obs, the termination rule's flags), terminals ignored."""
@@ -914,6 +951,8 @@ def init(config: Config, dataset, rng: jax.Array) -> ModelState:
     over, not passed through jit)."""
     check(config)
     check_model_dataset(config, dataset)
+    if config.rcsl_on == "dataset":
+        check_episode_lengths(config, dataset)
     rng, model_key, behavior_key, policy_key = jax.random.split(rng, 4)
     obs_dim, action_dim = dataset.observations.shape[1], dataset.actions.shape[1]
     threshold = jnp.asarray(max_episode_return(dataset), jnp.float32)
@@ -941,7 +980,17 @@ def begin_policy(config: Config, dataset, state: ModelState) -> TrainState:
     """The fitted ensemble (best snapshots, elites), then rounds of model rollouts from the
     dataset's episode starts until ``num_needed`` trajectories above the threshold were kept or
     ``max_rounds`` ran; pi aims at the best kept return. Check the result on the host with
-    check_begin_policy."""
+    check_begin_policy. With ``rcsl_on="dataset"``: no rollouts, pi learns from every dataset
+    episode and aims at the best episode return (RCSL)."""
+    if config.rcsl_on == "dataset":
+        episodes = dataset_episodes(config, dataset)
+        return _policy_start(config, state, episodes, state.threshold, {
+            "rollout_trajectories": episodes.count.astype(jnp.float32),
+            "rollout_rounds": jnp.zeros(()),
+            "rollout_best_return": state.threshold,
+            "rollout_out_of_bounds": jnp.zeros(()),
+            "rollout_terminal_fraction": jnp.zeros(()),
+        })  # fmt: skip
     ensemble = ensemble_fitted(config, dataset, state.training)
     action_dim = state.params.action_dim
     low, high = map(jnp.asarray, observation_bounds(dataset))
@@ -985,22 +1034,24 @@ def begin_policy(config: Config, dataset, state: ModelState) -> TrainState:
     target = jnp.where(
         rollouts.count > 0, jnp.where(filled, rollouts.returns, -jnp.inf).max(), state.threshold
     )
-    params = state.params.replace(target_return=target)
-    stats = {
+    return _policy_start(config, state.replace(rng=rng), rollouts, target, {
         "rollout_trajectories": rollouts.count.astype(jnp.float32),
         "rollout_rounds": jnp.asarray(rounds, jnp.float32),
         "rollout_best_return": best,
-        "rollout_threshold": state.threshold,
-        "rollout_target": target,
         "rollout_out_of_bounds": outside / rounds,
         "rollout_terminal_fraction": terminal / rounds,
-    }
+    })  # fmt: skip
+
+
+def _policy_start(config: Config, state: ModelState, rollouts: Rollouts, target, stats):
+    """The policy phase's state: pi learns from ``rollouts`` and aims at ``target``."""
+    params = state.params.replace(target_return=target)
     return TrainState(
         params=params,
         opt=optax.adam(config.lr).init(params.policy),
         rollouts=rollouts,
-        rollout_stats=stats,
-        rng=rng,
+        rollout_stats=stats | {"rollout_threshold": state.threshold, "rollout_target": target},
+        rng=state.rng,
         step=jnp.zeros((), jnp.int32),
     )
 

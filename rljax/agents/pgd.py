@@ -23,8 +23,12 @@ few real ones. Two phases:
     lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2
 
    F is the authors' 1-D convolutional U-Net over time (``unet_blocks`` levels of
-   ``unet_features`` x 2^level channels, GroupNorm(8), a sinusoidal embedding of c_noise), run
-   on one window at a time as their code runs it (so GroupNorm's statistics are per time step).
+   ``unet_features`` x 2^level channels, GroupNorm with ``unet_groups`` groups (8), a
+   sinusoidal embedding of c_noise), run on one window at a time as their code runs it (so
+   GroupNorm's statistics are per time step). Keep at least 8 channels a group: with 16
+   channels in 8 groups each time step's pairs of channels are normalized on their own and the
+   denoiser does not learn (Pendulum windows: EDM loss 0.97 after 1,500 steps, against 0.29
+   with one group).
    Adam, its learning rate warmed up linearly from 0.1 ``model_lr`` to ``model_lr`` over the
    first 10% of ``model_updates`` and then cosine-decayed to 0; an EMA of the weights (decay
    0.995, every 10 steps) is what samples.
@@ -119,6 +123,9 @@ class Config:
     )
     unet_blocks: int = _field(
         3, static=True, bounds="[1, inf)", doc="U-Net levels (each halves the length)"
+    )
+    unet_groups: int = _field(
+        8, static=True, bounds="[1, inf)", doc="GroupNorm groups of each U-Net layer (authors': 8)"
     )
     model_batch_size: int = _field(
         32, static=True, bounds="[1, inf)", doc="windows per denoiser step"
@@ -286,12 +293,13 @@ class TimeEmbedding(nn.Module):
 
 class UNet(nn.Module):
     """The authors' 1-D U-Net over time on one window (L, D) -> (L, D): per level two kernel-3
-    convolutions with GroupNorm(8) and ReLU (the noise embedding added after the first), max
+    convolutions with GroupNorm and ReLU (the noise embedding added after the first), max
     pooling down; nearest-neighbour upsampling, a kernel-2 convolution, the skip concatenated
     and two kernel-3 convolutions up."""
 
     features: int
     blocks: int
+    groups: int = 8
 
     @nn.compact
     def __call__(self, x, t):
@@ -301,8 +309,8 @@ class UNet(nn.Module):
         for i in range(self.blocks):
             width = self.features * 2**i
             x = nn.Conv(width, (3,))(x) + nn.Dense(width)(t)
-            x = nn.relu(nn.GroupNorm(num_groups=8)(x))
-            x = nn.relu(nn.GroupNorm(num_groups=8)(nn.Conv(width, (3,))(x)))
+            x = nn.relu(nn.GroupNorm(num_groups=self.groups)(x))
+            x = nn.relu(nn.GroupNorm(num_groups=self.groups)(nn.Conv(width, (3,))(x)))
             skips.append(x)
             x = nn.max_pool(x, (2,), (2,))
         x = skips[-1]
@@ -310,15 +318,15 @@ class UNet(nn.Module):
             width, skip = self.features * 2**i, skips[i]
             x = jax.image.resize(x, (skip.shape[0], x.shape[-1]), "nearest")
             x = nn.Conv(width, (2,))(x) + nn.Dense(width)(t)
-            x = nn.relu(nn.GroupNorm(num_groups=8)(x))
+            x = nn.relu(nn.GroupNorm(num_groups=self.groups)(x))
             x = jnp.concatenate([x, skip], -1)
-            x = nn.relu(nn.GroupNorm(num_groups=8)(nn.Conv(width, (3,))(x)))
-            x = nn.relu(nn.GroupNorm(num_groups=8)(nn.Conv(width, (3,))(x)))
+            x = nn.relu(nn.GroupNorm(num_groups=self.groups)(nn.Conv(width, (3,))(x)))
+            x = nn.relu(nn.GroupNorm(num_groups=self.groups)(nn.Conv(width, (3,))(x)))
         return nn.Conv(out_features, (1,))(x)
 
 
 def _unet(config: Config) -> UNet:
-    return UNet(config.unet_features, config.unet_blocks)
+    return UNet(config.unet_features, config.unet_blocks, config.unet_groups)
 
 
 def denoise(config: Config, denoiser, x, sigma):
@@ -690,10 +698,11 @@ class TrainState:
 
 def check(config: Config) -> None:
     """The rules across Config fields; the runner calls it on each concrete config."""
-    if config.unet_features % 8 or config.unet_features < 16:
+    if config.unet_features % config.unet_groups or config.unet_features < 16:
         raise ValueError(
-            f"unet_features={config.unet_features} must be a multiple of 8 (GroupNorm(8)) and "
-            "at least 16 (the time embedding's features / 8 >= 2 frequencies)"
+            f"unet_features={config.unet_features} must be a multiple of unet_groups="
+            f"{config.unet_groups} (GroupNorm's groups) and at least 16 (the time embedding's "
+            "features / 8 >= 2 frequencies)"
         )
     if config.trajectory_length < 2 ** (config.unet_blocks - 1):
         raise ValueError(

@@ -46,6 +46,7 @@ GENERATED_TAGS = {
 }
 D4RL_KINDS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 MAZE_KINDS = ("navigate", "stitch")
+MBRCSL_MAZE = "pointmaze-mbrcsl-v0"  # MBRCSL's stitching data: rljax.generate.mbrcsl_maze
 _MAZE_NAME = re.compile(rf"(point|grid)maze-(\w+)-({'|'.join(MAZE_KINDS)})-v0")
 
 
@@ -58,6 +59,8 @@ def generate_command(name) -> str | None:
         kind, layout, task = maze.groups()
         return f"rljax data generate rljax/{kind.title()}Maze-{layout} --kind {task}"
     stem = path.name.removesuffix(".hdf5")
+    if stem == MBRCSL_MAZE:
+        return "rljax data generate rljax/PointMaze-mbrcsl"
     for env_name, tag in GENERATED_TAGS.items():
         for kind in D4RL_KINDS:
             if stem == f"{tag}-{kind}":

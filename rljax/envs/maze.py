@@ -30,12 +30,15 @@ GridMaze: the same layouts as cells; the position is always a cell centre, actio
 cell up, right, down, left (up = row - 1, i.e. -y), and a move into a wall keeps the cell.
 
 Episodes (``EnvParams``): ``task_id`` 0 draws a random start cell and a different random goal
-cell; 1..5 are OGBench's evaluation tasks (``TASKS``). PointMaze adds OGBench's uniform noise of
+cell; 1..5 are OGBench's evaluation tasks (``TASKS``; the ``mbrcsl`` layout, which is not
+OGBench's, has one). PointMaze adds OGBench's uniform noise of
 +-maze_unit/4 to both the start and the goal position; GridMaze has none. Success is
 ``||xy - goal|| <= goal_radius`` (1.0 for the point as OGBench; 0 for the grid: the goal cell);
-the reward is 1 on success and 0 otherwise (OGBench's); the episode terminates at success when
-``terminate_at_goal`` and is truncated after ``max_steps_in_episode`` steps (OGBench: 1000 for
-every pointmaze; the grid gets the same budget in cells, 1000 / 20 = 50 moves).
+the reward is 1 on success and 0 otherwise (OGBench's), or with ``dense_reward``
+exp(-||xy - goal|| / maze_unit) (gymnasium-robotics' dense PointMaze reward, whose cells are 1
+wide); the episode terminates at success when ``terminate_at_goal`` and is truncated after
+``max_steps_in_episode`` steps (OGBench: 1000 for every pointmaze; the grid gets the same
+budget in cells, 1000 / 20 = 50 moves).
 
 The oracle (OGBench's ``get_oracle_subgoal``): all-pairs BFS distances over free cells are
 precomputed with numpy; ``oracle_subgoal`` is the centre of the next cell on a shortest path to
@@ -55,7 +58,7 @@ NOISE = MAZE_UNIT / 4  # uniform +- noise on the point's start and goal position
 SPEED = 0.2  # OGBench's point moves by 0.2 * action per step
 RADIUS = 0.7  # the radius of OGBench's point sphere
 MOVES = np.array([(-1, 0), (0, 1), (1, 0), (0, -1)])  # grid actions: up, right, down, left
-NUM_TASKS = 5
+NUM_TASKS = 5  # OGBench's evaluation tasks per maze
 
 # OGBench's maze maps ('#' wall, '.' free), evaluation tasks ((start row, col), (goal row, col))
 # and episode limits.
@@ -95,6 +98,15 @@ LAYOUTS = {
         "#.....#...#....#",
         "################",
     ),
+    # Zhou et al.'s stitching maze (MBRCSL, ICLR 2024: envs/pointmaze/config/maze_default.json):
+    # from (1, 2) to the goal (2, 4) the short way is down, then right; see
+    # rljax.generate.mbrcsl_maze for its data.
+    "mbrcsl": (
+        "######",
+        "#..###",
+        "#....#",
+        "######",
+    ),
 }
 TASKS = {
     "medium": (((1, 1), (6, 6)), ((6, 1), (1, 6)), ((5, 3), (4, 2)), ((6, 5), (6, 1)),
@@ -103,8 +115,9 @@ TASKS = {
               ((1, 1), (5, 4))),
     "giant": (((1, 1), (10, 14)), ((1, 14), (10, 1)), ((8, 14), (1, 1)), ((8, 3), (5, 12)),
               ((5, 9), (3, 8))),
+    "mbrcsl": (((1, 2), (2, 4)),),
 }  # fmt: skip
-MAX_STEPS = {"medium": 1000, "large": 1000, "giant": 1000}
+MAX_STEPS = {"medium": 1000, "large": 1000, "giant": 1000, "mbrcsl": 200}
 CELL_STEPS = round(MAZE_UNIT / SPEED)  # point steps to cross a cell: the grid's time scale
 
 
@@ -189,6 +202,7 @@ class EnvParams(environment.EnvParams):
     task_id: int = 0  # 0: random start and goal cells; 1..5: OGBench's evaluation tasks
     terminate_at_goal: bool = True
     goal_radius: float = 1.0
+    dense_reward: bool = False  # exp(-distance to the goal in cells) instead of success
 
 
 class InvalidMazeParameter(ValueError):
@@ -217,7 +231,7 @@ class _Maze(environment.Environment):
         )
         self.tasks = np.array([[a[0] * self.cols + a[1], b[0] * self.cols + b[1]]
                                for a, b in TASKS[layout]], np.int32)  # fmt: skip
-        self.num_tasks = NUM_TASKS
+        self.num_tasks = len(self.tasks)
 
     @property
     def default_params(self) -> EnvParams:
@@ -226,7 +240,11 @@ class _Maze(environment.Environment):
     def check_params(self, params: EnvParams) -> None:
         """Raises InvalidMazeParameter, naming the parameter, for a value out of range."""
         rules = [
-            ("task_id", params.task_id in range(NUM_TASKS + 1), f"an integer in 0..{NUM_TASKS}"),
+            (
+                "task_id",
+                params.task_id in range(self.num_tasks + 1),
+                f"an integer in 0..{self.num_tasks}",
+            ),
             ("max_steps_in_episode", params.max_steps_in_episode >= 1, ">= 1"),
             ("goal_radius", params.goal_radius >= 0, ">= 0"),
         ]
@@ -250,7 +268,7 @@ class _Maze(environment.Environment):
         start_index = uniform_index(u[0], n)
         goal_index = uniform_index(u[1], n - 1)  # any free cell but the start
         goal_index = goal_index + (goal_index >= start_index)
-        task = jnp.asarray(self.tasks)[jnp.clip(params.task_id - 1, 0, NUM_TASKS - 1)]
+        task = jnp.asarray(self.tasks)[jnp.clip(params.task_id - 1, 0, self.num_tasks - 1)]
         start = jnp.where(params.task_id > 0, task[0], free[start_index])
         goal = jnp.where(params.task_id > 0, task[1], free[goal_index])
         noise = self.noise * (2 * u[2:].reshape(2, 2) - 1)
@@ -263,10 +281,11 @@ class _Maze(environment.Environment):
         success = self.success(pos, state.goal, params.goal_radius)
         state = MazeState(pos=pos, goal=state.goal, time=state.time + 1)
         terminated = success & params.terminate_at_goal
+        dense = jnp.exp(-jnp.linalg.norm(pos - state.goal, axis=-1) / MAZE_UNIT)
         return (
             self.get_obs(state),
             state,
-            success.astype(jnp.float32),
+            jnp.where(params.dense_reward, dense, success.astype(jnp.float32)),
             terminated,
             {"success": success},
         )
