@@ -36,14 +36,15 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from offline_pendulum import sizes  # experiments/ is on the path of a script run there
 
+from rljax import envs
 from rljax.agents.mbrcsl import episode_starts
 from rljax.data import load, normalized_score, references
 from rljax.generate import mbrcsl_maze
 from rljax.generate.d4rl import RECIPES, generate_all
+from rljax.runner import evaluation
 from rljax.runner.loop import train
 from rljax.runner.policy import member_policy, restore
 from rljax.runner.spec import RunSpec
@@ -139,30 +140,38 @@ def stitching(args, record: dict) -> list[str]:
 def goal_reaching(run_dir: Path, episodes: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Per seed, the share of ``episodes`` deterministic episodes in the true maze that reach
     the goal (within its radius), and the share that do so the short way (never entering the
-    detour's cell (1, 1))."""
+    detour's cell (1, 1) first)."""
     program, state, _ = restore(run_dir)
-    env, params = mbrcsl_maze.make_env()
-    detour_cell = 1 * env.cols + 1
-    wraps = program.agent.wraps_env  # MBRCSL's policy reads the return so far
-    step = jax.jit(jax.vmap(env.step_env, (None, 0, 0, None)))
-    reached, short = [], []
+    found = []
     for member in range(len(program.members)):
-        policy = jax.jit(member_policy(program, state, member, deterministic=True))
-        keys = jax.random.split(jax.random.PRNGKey(member), episodes)
-        _, env_state = jax.vmap(env.reset_env, (0, None))(keys, params)
-        so_far = jnp.zeros(episodes)
-        hit, hit_short, west = (np.zeros(episodes, bool) for _ in range(3))
-        for t in range(int(params.max_steps_in_episode)):
-            obs = jnp.concatenate([env_state.pos, so_far[:, None]], -1) if wraps else env_state.pos
-            action = policy(obs, jax.random.PRNGKey(t))
-            _, env_state, reward, _, info = step(jax.random.PRNGKey(t), env_state, action, params)
-            so_far = so_far + reward
-            west |= np.asarray(env.cell(env_state.pos)) == detour_cell
-            hit |= np.asarray(info["success"])
-            hit_short |= np.asarray(info["success"]) & ~west
-        reached.append(hit.mean())
-        short.append(hit_short.mean())
-    return np.asarray(reached), np.asarray(short)
+        policy = member_policy(program, state, member, deterministic=True)
+        env, env_params = envs.make(**envs.without_normalization(program.spec.env))
+        if program.agent.wraps_env:  # MBRCSL's policy reads the return so far
+            config, params = jax.tree.map(lambda x, m=member: x[m], (program.stacked, state.params))
+            env, env_params = program.agent.module.wrap_env(config, env, env_params, params)
+        found.append(member_reaching(policy, env, env_params, episodes, jax.random.PRNGKey(member)))
+    return tuple(np.asarray(column) for column in zip(*found, strict=True))
+
+
+def member_reaching(policy, env, env_params, episodes: int, key) -> tuple[float, float]:
+    """goal_reaching's two shares for one policy, its episodes run by the runner's rollout."""
+    env_params, axes, num_envs = evaluation.episode_params(env, env_params, episodes)
+    steps = int(np.max(env_params.max_steps_in_episode))
+    maze, _ = mbrcsl_maze.make_env()
+    detour_cell = 1 * maze.cols + 1
+
+    def act(obs, env_state, key):
+        return policy(obs, key)
+
+    def keep(obs, action, reward, terminated, truncated, info):
+        return info["success"], maze.cell(obs[..., :2]) == detour_cell
+
+    run = jax.jit(
+        lambda key: evaluation.rollout(act, env, env_params, num_envs, steps, key, keep, axes)
+    )
+    success, detour = map(np.asarray, run(key))  # (steps, envs) each
+    short = success & ~(np.cumsum(detour, 0) > 0)
+    return float(success.any(0).mean()), float(short.any(0).mean())
 
 
 def algo_dir(name: str) -> str:

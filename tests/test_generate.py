@@ -88,12 +88,12 @@ def test_streams_end_with_a_timeout_unless_they_terminated():
         "terminals": np.array([[False, False, True], [False, True, False]]),
         "timeouts": np.array([[True, False, False], [False, False, False]]),
     }
-    rows = gen._streams_to_rows(streams)
+    rows = gen.streams_to_rows(streams)
     np.testing.assert_array_equal(rows["terminals"], [0, 0, 1, 0, 1, 0])
     np.testing.assert_array_equal(rows["timeouts"], [1, 0, 0, 0, 0, 1])
-    cut = gen._streams_to_rows(streams, num_transitions=5)  # the cut row ends too
+    cut = gen.streams_to_rows(streams, num_transitions=5)  # the cut row ends too
     np.testing.assert_array_equal(cut["timeouts"], [1, 0, 0, 0, 0])
-    cut = gen._streams_to_rows(streams, num_transitions=4)
+    cut = gen.streams_to_rows(streams, num_transitions=4)
     np.testing.assert_array_equal(cut["timeouts"], [1, 0, 0, 1])
 
 

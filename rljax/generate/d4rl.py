@@ -115,7 +115,7 @@ def _row(obs, action, reward, terminated, truncated, next_obs) -> dict:
     }
 
 
-def _streams_to_rows(streams: dict, num_transitions: int | None = None) -> dict:
+def streams_to_rows(streams: dict, num_transitions: int | None = None) -> dict:
     """(envs, steps, ...) streams to D4RL rows, each env's stream contiguous and ended.
 
     The last transition of each stream (and of the rows, when cut to ``num_transitions``)
@@ -159,7 +159,7 @@ def rollout(env, env_params, policy, num_transitions: int, key, num_envs: int) -
         rows = evaluation.rollout(clipped, env, env_params, num_envs, steps, key, keep)
         return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rows)  # (envs, steps, ...)
 
-    return _streams_to_rows(jax.device_get(run(key)), num_transitions)
+    return streams_to_rows(jax.device_get(run(key)), num_transitions)
 
 
 def uniform_policy(action_shape):
@@ -305,7 +305,7 @@ def behaviour(recipe: Recipe, seed: int = 0, print_fn=print) -> Behaviour:
         random_return=random_return,
         expert_return=expert_return,
         medium=medium,
-        replay=_streams_to_rows(streams),
+        replay=streams_to_rows(streams),
         seconds=time.perf_counter() - start,
     )
 

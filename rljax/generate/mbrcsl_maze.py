@@ -26,6 +26,7 @@ actions, ``ref_max_score`` the noise-free oracle's on the short way, each over
 each group's mean and best return.
 """
 
+import functools
 import importlib.metadata
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 from rljax.data import MBRCSL_MAZE, prepare_outputs
 from rljax.data.d4rl import write_d4rl
 from rljax.envs import maze
+from rljax.generate.d4rl import streams_to_rows
 
 ENV = {"name": "rljax/PointMaze-mbrcsl", "task_id": 1, "dense_reward": True,
        "terminate_at_goal": False}  # fmt: skip
@@ -63,6 +65,7 @@ def _targets(env, waypoints: tuple, to_goal: bool, goal: jax.Array) -> jax.Array
     return jnp.stack(points + [points[-1]] * (3 - len(points)))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _episodes(waypoints, to_goal: bool, random_at_goal: bool, episodes: int, noise, key):
     """One group's episodes: rows (episodes, 200, ...)."""
     env, params = make_env()
@@ -131,28 +134,20 @@ def rows(noise: float = 0.5, seed: int = 0, episodes: int = 1000) -> tuple[dict,
     for index, ((name, (waypoints, _, random_at_goal)), size) in enumerate(
         zip(GROUPS.items(), sizes, strict=True)
     ):
-        to_goal = bool(waypoints)
-        rollout = jax.jit(_episodes, static_argnums=(0, 1, 2, 3))
+        group_key = jax.random.fold_in(key, index)
         part = jax.device_get(
-            rollout(waypoints, to_goal, random_at_goal, size, noise, jax.random.fold_in(key, index))
+            _episodes(waypoints, bool(waypoints), random_at_goal, size, noise, group_key)
         )
         returns = part[2].sum(-1)
         groups[name] = {"episodes": size, "mean_return": float(returns.mean()),
                         "best_return": float(returns.max())}  # fmt: skip
         parts.append(part)
     obs, actions, rewards, next_obs = (np.concatenate(x) for x in zip(*parts, strict=True))
-    n, steps = rewards.shape
-    timeouts = np.zeros((n, steps), bool)
-    timeouts[:, -1] = True
-    flat = lambda x: x.reshape(n * steps, *x.shape[2:])  # noqa: E731
-    data = {
-        "observations": flat(obs).astype(np.float32),
-        "actions": flat(actions).astype(np.float32),
-        "rewards": flat(rewards).astype(np.float32),
-        "terminals": np.zeros(n * steps, bool),
-        "timeouts": flat(timeouts),
-        "next_observations": flat(next_obs).astype(np.float32),
-    }
+    never = np.zeros(rewards.shape, bool)  # episodes never terminate; each ends in a timeout
+    data = streams_to_rows({
+        "observations": obs, "actions": actions, "rewards": rewards, "terminals": never,
+        "timeouts": never, "next_observations": next_obs,
+    })  # fmt: skip
     return data, groups
 
 
