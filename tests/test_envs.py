@@ -157,6 +157,21 @@ def test_unknown_and_unsupported_names():
         envs.make("brax/nope")
 
 
+def test_unknown_name_suggests_the_same_env_under_its_name_here():
+    """Gymnasium's names and near misses point at the env of the same name here, and only there."""
+    for asked, meant in [
+        ("HalfCheetah-v4", "brax/halfcheetah"),
+        ("InvertedPendulum-v5", "brax/inverted_pendulum"),
+        ("CartPole-v0", "CartPole-v1"),
+        ("PointMaze_Medium-v3", "rljax/PointMaze-medium"),
+    ]:
+        with pytest.raises(envs.UnknownEnvironment, match=f"Did you mean {meant}\\?"):
+            envs.make(asked)
+    with pytest.raises(envs.UnknownEnvironment) as error:
+        envs.make("LunarLander-v3")
+    assert "Did you mean" not in str(error.value)
+
+
 def test_gymnax_prefix_and_bad_options():
     """'gymnax/NAME' is NAME; an unknown parameter is named with the valid ones; backend= is
     refused outside brax."""

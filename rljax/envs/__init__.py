@@ -7,7 +7,9 @@ too. ``rljax envs`` lists them all.
 """
 
 import dataclasses
+import difflib
 import math
+import re
 
 import gymnax
 import jax.numpy as jnp
@@ -68,11 +70,21 @@ def names() -> dict[str, list[str]]:
     }
 
 
+def _bare(name: str) -> str:
+    """A name without its source, version and punctuation: gymnasium's ``HalfCheetah-v4`` and
+    ``brax/halfcheetah`` are both ``halfcheetah``."""
+    return re.sub(r"[^a-z0-9]", "", re.sub(r"-v\d+$", "", name.split("/")[-1]).lower())
+
+
 def _unknown(name: str) -> UnknownEnvironment:
     if name in UNSUPPORTED:
         return UnknownEnvironment(f"{name!r} is not supported: {UNSUPPORTED[name]}.")
-    listing = "\n".join(f"  {source}: {', '.join(ns)}" for source, ns in names().items() if ns)
-    return UnknownEnvironment(f"unknown environment {name!r}. Known environments:\n{listing}")
+    known = names()
+    by_bare = {_bare(n): n for ns in known.values() for n in ns}
+    close = difflib.get_close_matches(_bare(name), by_bare, n=2, cutoff=0.85)
+    hint = f" Did you mean {' or '.join(by_bare[c] for c in close)}?" if close else ""
+    listing = "\n".join(f"  {source}: {', '.join(ns)}" for source, ns in known.items() if ns)
+    return UnknownEnvironment(f"unknown environment {name!r}.{hint} Known environments:\n{listing}")
 
 
 def _base_env(name: str, backend: str | None):
