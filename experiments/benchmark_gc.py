@@ -26,7 +26,7 @@ from rljax.data.ogbench import transitions
 from rljax.generate import mazes
 from rljax.runner import evaluation
 
-AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota")
+AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota", "smore", "hilp", "beso")
 
 
 def env_steps_per_second(name: str, num_envs: int) -> tuple[float, float]:

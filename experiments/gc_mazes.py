@@ -8,6 +8,10 @@ as an IQM over seeds with a 95% bootstrap CI, next to the published OGBench numb
 GC-5: 1M gradient steps, batch 1024, 3x512 networks, 8 seeds). ``--updates``, ``--batch`` and
 ``--hidden`` scale the protocol down to fit a CPU; the table says what was run.
 
+With ``--out``, a run that finished is read back instead of trained again and one that was
+interrupted resumes, so a long table can be filled by several invocations (one per maze, side
+by side) and printed whole by a last one.
+
     python experiments/gc_mazes.py [--mazes medium,large] [--updates 20000] [--seeds 4]
 """
 
@@ -62,11 +66,13 @@ def main():
     hidden = [int(h) for h in args.hidden.split(",")]
     agents = args.agents.split(",")
 
-    table = {}
+    table, per_seed = {}, {}
     for layout in args.mazes.split(","):
         for kind in args.kinds.split(","):
             name = f"rljax/PointMaze-{layout}"
-            path = mazes.write(name, kind, out / "data", args.episodes, val=False)[0]
+            path = mazes.paths(name, kind, out / "data", val=False)[0]
+            if not path.exists():
+                mazes.write(name, kind, out / "data", args.episodes, val=False)
             for algo in agents:
                 agent = {
                     "total_updates": args.updates,
@@ -85,18 +91,29 @@ def main():
                     eval_episodes=args.eval_episodes,
                 )
                 run_dir = out / f"{algo}-{layout}-{kind}"
-                summary = train(spec, run_dir, print_fn=lambda *_: None)
+                if (run_dir / "summary.json").exists():
+                    summary = json.loads((run_dir / "summary.json").read_text())
+                else:
+                    summary = train(
+                        spec, run_dir, resume=run_dir.exists(), print_fn=lambda *_: None
+                    )
                 success = 100 * np.array([m["final_return"] for m in summary["final_returns"]])
                 low, high = results.bootstrap_ci(success, results.iqm)
-                row = (float(results.iqm(success)), float(low), float(high))
+                row = (
+                    round(float(results.iqm(success)), 1),
+                    round(float(low), 1),
+                    round(float(high), 1),
+                )
                 table[f"{layout}-{kind}", algo] = row
+                per_seed[f"pointmaze-{layout}-{kind}/{algo}"] = success.round(1).tolist()
                 print(
                     f"pointmaze-{layout}-{kind:<9} {algo:<6} success {row[0]:5.1f}% "
                     f"[{low:5.1f}, {high:5.1f}]  {summary['steps_per_second']:,.0f} gradient "
                     f"steps/s, compile {summary['compile_seconds']:.0f}s",
                     flush=True,
                 )
-    (out / "table.json").write_text(json.dumps({f"{d}/{a}": v for (d, a), v in table.items()}))
+    record = {"iqm_ci": {f"{d}/{a}": v for (d, a), v in table.items()}, "per_seed": per_seed}
+    (out / "table.json").write_text(json.dumps(record, indent=1))
 
     print(
         f"\nsuccess %, IQM over {args.seeds} seeds [95% CI]; {args.updates} gradient steps, "
