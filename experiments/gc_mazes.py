@@ -25,10 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from rljax import agents as rljax_agents
+from rljax.data import read_metadata
 from rljax.generate import mazes
 from rljax.runner import results
+from rljax.runner.errors import RunError
 from rljax.runner.loop import train
-from rljax.runner.spec import RunSpec
+from rljax.runner.spec import RunSpec, check_directory, resolve_spec
+from rljax.runner.spec import dataset_sha256 as sha256
 
 AGENTS = ("gcbc", "gcivl", "gciql", "qrl", "crl", "hiql", "ota", "smore", "hilp", "beso")
 # OGBench's pointmaze overrides (impls/hyperparameters.sh, spec GC-4); on stitch datasets every
@@ -42,6 +45,19 @@ PUBLISHED = {
     "large-navigate": {"gcbc": 29, "gcivl": 45, "gciql": 34, "qrl": 86, "crl": 39, "hiql": 58},
     "giant-navigate": {"gcbc": 1, "gcivl": 0, "gciql": 0, "qrl": 68, "crl": 27, "hiql": 46},
 }
+
+
+def maze_dataset(name: str, kind: str, directory: Path, episodes: int | None) -> Path:
+    """The dataset's file in ``directory``, generated unless it is there with ``episodes``."""
+    path = mazes.paths(name, kind, directory, val=False)[0]
+    if not path.exists():
+        mazes.write(name, kind, directory, episodes, val=False)
+    elif episodes is not None and read_metadata(path)["episodes"] != episodes:
+        raise SystemExit(
+            f"{path} holds {read_metadata(path)['episodes']} episodes, not --episodes {episodes}; "
+            "use another --out"
+        )
+    return path
 
 
 def stitch_fields(algo: str) -> dict:
@@ -71,9 +87,7 @@ def main():
     for layout in args.mazes.split(","):
         for kind in args.kinds.split(","):
             name = f"rljax/PointMaze-{layout}"
-            path = mazes.paths(name, kind, out / "data", val=False)[0]
-            if not path.exists():
-                mazes.write(name, kind, out / "data", args.episodes, val=False)
+            path = maze_dataset(name, kind, out / "data", args.episodes)
             for algo in agents:
                 agent = {
                     "total_updates": args.updates,
@@ -92,7 +106,11 @@ def main():
                     eval_episodes=args.eval_episodes,
                 )
                 run_dir = out / f"{algo}-{layout}-{kind}"
-                if (run_dir / "summary.json").exists():
+                if (run_dir / "summary.json").exists():  # finished: refused if its spec differs
+                    try:
+                        check_directory(resolve_spec(spec), run_dir, True, sha256(spec.dataset))
+                    except RunError as error:
+                        raise SystemExit(f"{error}; use another --out") from None
                     summary = json.loads((run_dir / "summary.json").read_text())
                 else:
                     summary = train(
