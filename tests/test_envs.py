@@ -1,5 +1,8 @@
 """make(): names, errors, the terminated/truncated step API; the wrappers' statistics."""
 
+import subprocess
+import sys
+
 import gymnax
 import jax
 import jax.numpy as jnp
@@ -360,3 +363,18 @@ def test_brax_inverted_pendulum_truncates_and_resets():
     np.testing.assert_array_equal(final[:, [0, 1, 3]], obs[:, [0, 1, 3]])
     assert not np.allclose(final[:, 2], obs[:, 2])  # obs[:, 2] is a reset observation
     assert not np.allclose(obs[:, 2], first)  # drawn afresh, not the cached first state
+
+
+def test_gymnax_plotting_imports_load_on_first_use():
+    """gymnax's env files import seaborn and pyplot for render functions (0.8 s with pandas and
+    scipy); rljax.envs defers them until used, and a use gets the real modules."""
+    code = """
+import sys, types
+import rljax.envs
+assert not {"pandas", "scipy.stats"} & set(sys.modules), "loaded with rljax.envs"
+import gymnax.environments.misc.pong as pong
+assert pong.sns.color_palette("deep")[0] and pong.plt.figure
+assert "pandas" in sys.modules
+assert type(sys.modules["seaborn"]) is type(sys.modules["matplotlib.pyplot"]) is types.ModuleType
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)

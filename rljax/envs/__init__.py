@@ -11,6 +11,10 @@ import difflib
 import math
 import re
 
+# isort: split
+from rljax.envs import _render_imports  # noqa: F401  (before gymnax, which imports plotting)
+
+# isort: split
 import gymnax
 import jax.numpy as jnp
 import numpy as np

@@ -30,6 +30,7 @@ __all__ = [
     "ENV_AXIS",
     "ClipAction",
     "FlattenObservationWrapper",
+    "GymnaxWrapper",
     "LogWrapper",
     "NormalizeObservation",
     "RunningMoments",

@@ -35,11 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from gymnax.wrappers.purerl import GymnaxWrapper
 
 from rljax import agents, envs
 from rljax.data import D4RL_KINDS, data_dir, episode_returns, prepare_outputs, write_d4rl
-from rljax.envs.wrappers import NormalizeObservationState, find_state
+from rljax.envs.wrappers import GymnaxWrapper, NormalizeObservationState, find_state
 from rljax.generate.recipes import RECIPES, Recipe, data_env, recipe_for
 from rljax.runner import config as config_lib
 from rljax.runner import evaluation
