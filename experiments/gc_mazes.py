@@ -52,11 +52,12 @@ def maze_dataset(name: str, kind: str, directory: Path, episodes: int | None) ->
     path = mazes.paths(name, kind, directory, val=False)[0]
     if not path.exists():
         mazes.write(name, kind, directory, episodes, val=False)
-    elif episodes is not None and read_metadata(path)["episodes"] != episodes:
-        raise SystemExit(
-            f"{path} holds {read_metadata(path)['episodes']} episodes, not --episodes {episodes}; "
-            "use another --out"
-        )
+    elif episodes is not None:
+        held = read_metadata(path).get("episodes", "an unrecorded number of")
+        if held != episodes:
+            raise SystemExit(
+                f"{path} holds {held} episodes, not --episodes {episodes}; use another --out"
+            )
     return path
 
 

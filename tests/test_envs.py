@@ -367,7 +367,8 @@ def test_brax_inverted_pendulum_truncates_and_resets():
 
 def test_gymnax_plotting_imports_load_on_first_use():
     """gymnax's env files import seaborn and pyplot for render functions (0.8 s with pandas and
-    scipy); rljax.envs defers them until used, and a use gets the real modules."""
+    scipy); rljax.envs defers them until used, a use gets the real modules, and a module the
+    user imported first is left alone."""
     code = """
 import sys, types
 import rljax.envs
@@ -378,3 +379,10 @@ assert "pandas" in sys.modules
 assert type(sys.modules["seaborn"]) is type(sys.modules["matplotlib.pyplot"]) is types.ModuleType
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+    imported_first = """
+import sys, types
+import seaborn
+import rljax.envs
+assert type(sys.modules["seaborn"]) is types.ModuleType  # left as it was, not a stand-in
+"""
+    subprocess.run([sys.executable, "-c", imported_first], check=True)
