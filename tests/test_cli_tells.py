@@ -235,3 +235,14 @@ def test_curves_of_short_runs_average_the_seeds_that_have_data(tmp_path):
     path = tmp_path / "curve.png"
     results.plot_curves(path, np.arange(1, 6), {"a": curve, "b": curve[:1]}, "t", ylabel="y")
     assert path.stat().st_size > 0
+
+
+def test_final_return_of_episodes_longer_than_the_final_window_is_their_last_return():
+    """The final return is the episode-weighted mean over the last 5% of updates; a member none
+    of whose episodes ended there (each outlasts the window) reports its last finished
+    episodes' return instead of NaN, which the tables read as a failed seed and leave out."""
+    nan = np.nan
+    returns = np.array([[nan] * 20 + [10.0] * 20, [5.0, 7.0] + [nan] * 38, [nan] * 40])
+    episodes = np.array([[0] * 20 + [1] * 20, [1, 2] + [0] * 38, [0] * 40])
+    returns[0, -2:], episodes[0, -2:] = [30.0, 60.0], [1, 3]  # the last 5%: two updates
+    np.testing.assert_allclose(results.final_returns(returns, episodes), [52.5, 7.0, nan])

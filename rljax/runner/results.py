@@ -46,9 +46,20 @@ def smoothed_returns(returns: np.ndarray, episodes: np.ndarray, window: int) -> 
 
 
 def final_returns(returns: np.ndarray, episodes: np.ndarray, fraction: float = 0.05):
-    """Mean return of the episodes finished in the last ``fraction`` of updates, per member."""
+    """Mean return of the episodes finished in the last ``fraction`` of updates, per member.
+
+    A member whose episodes outlast that window (a pole held for all of a short run's last
+    updates) gets the mean of the last update in which any of its episodes finished, as a
+    rolling episode buffer would report, not NaN, which means a diverged or failed member
+    here; NaN remains only for a member that never finished an episode.
+    """
     last = max(1, int(np.ceil(fraction * returns.shape[-1])))
-    return smoothed_returns(returns[:, -last:], episodes[:, -last:], last)[:, -1]
+    in_window = smoothed_returns(returns[:, -last:], episodes[:, -last:], last)[:, -1]
+    finished = episodes > 0
+    latest = returns.shape[-1] - 1 - np.argmax(finished[:, ::-1], axis=-1)
+    latest_return = np.take_along_axis(returns, latest[:, None], axis=-1)[:, 0]
+    fallback = np.where(finished.any(-1), latest_return, np.nan)
+    return np.where(np.isnan(in_window), fallback, in_window)
 
 
 def run_curve(run_dir, min_window: int = 1) -> tuple[np.ndarray, np.ndarray]:
