@@ -66,8 +66,15 @@ def run_preset(path: Path, out: Path, dataset: str) -> dict:
         "mean": float(finals.mean()),
         "finals": finals.round(3).tolist(),
         "wall_seconds": round(summary["wall_seconds"], 1),
-        "device": "{backend}: {device_kind}".format(**summary["environment"]),
+        "device": device(summary["environment"]),
     }
+
+
+def device(environment: dict) -> str:
+    """The accelerator's kind, or on a CPU backend the host's CPU and cores."""
+    if environment["backend"] == "cpu":
+        return f"CPU: {environment['host']}"
+    return f"{environment['backend']}: {environment['device_kind']}"
 
 
 def table(entries: dict) -> str:

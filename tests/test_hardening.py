@@ -95,6 +95,7 @@ def test_every_run_directory_records_where_it_ran(tmp_path):
         assert record["versions"][library]
     assert record["device_kind"] and record["device_count"] >= 1 and record["backend"] == "cpu"
     assert "xla_flags" in record and isinstance(record["jax_threefry_partitionable"], bool)
+    assert record["host"].endswith(f"{len(os.sched_getaffinity(0))} cores")  # a CPU's only name
 
 
 def test_sigterm_checkpoints_and_resume_is_bit_exact(tmp_path):

@@ -29,6 +29,18 @@ def versions() -> dict:
     return found
 
 
+def host() -> str:
+    """The CPU model and the cores this process may use: a CPU backend's only device name."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        model = names[0] if names else model
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
+
+
 def environment() -> dict:
     """Everything that decides whether two runs can agree bit for bit."""
     return {
@@ -38,6 +50,7 @@ def environment() -> dict:
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "device_count": jax.device_count(),
+        "host": host(),
         "process_count": jax.process_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
