@@ -16,7 +16,8 @@ Arms (``--arms``), each a preset and overrides:
                  ours with one of the authors' ingredients, to find the one that matters
 
 Instances (``--instances``): the authors' 15x5, 20x10 and 25x10 (items x machines; matrices
-drawn from their generator, rljax/envs/lot_sizing.py), and 5x2 for quick runs; demand
+drawn from their generator, rljax/envs/lot_sizing.py), 5x2 for quick runs, or the path of one of
+the authors' own setting files (leokan92/pdppo, code/Lot-sizing/cfg_env/setting_*.json); demand
 (``--demands``) binomial or its mean. Each (instance, demand, arm, agent) is one vmapped run of
 ``--seeds`` seeds through the runner; a run whose directory holds a summary is reused, so an
 interrupted reproduction continues where it stopped. Every final policy is tested on
@@ -80,6 +81,17 @@ def total_steps(arm: str, scale: float) -> int:
     return max(1, round(int(overrides.get("total_timesteps", agent["total_timesteps"])) * scale))
 
 
+def env_name(instance: str) -> str:
+    """A named instance's env, or an authors' setting file's."""
+    if instance.endswith(".json"):
+        return f"rljax/LotSizing:{Path(instance).resolve()}"
+    return f"rljax/LotSizing-{instance}"
+
+
+def label(instance: str) -> str:
+    return Path(instance).stem if instance.endswith(".json") else instance
+
+
 def train(args, instance, demand, arm, agent, out: Path) -> dict:
     """One vmapped run of args.seeds seeds; the summary of one that finished before, or the
     rest of one that stopped (the wall time then counts this process's part only)."""
@@ -90,7 +102,7 @@ def train(args, instance, demand, arm, agent, out: Path) -> dict:
         return summary
     preset, overrides = ARMS[arm]
     argv = ["train", "pdppo", "--config", str(PRESETS / preset), "--seeds", str(args.seeds)]
-    argv += ["--env", f"rljax/LotSizing-{instance}", "--set", f"advantage={AGENTS[agent]}"]
+    argv += ["--env", env_name(instance), "--set", f"advantage={AGENTS[agent]}"]
     argv += ["--set", f"env.deterministic_demand={DEMANDS[demand]}"]
     for field, value in overrides.items():
         argv += ["--set", f"{field}={value}"]
@@ -130,22 +142,22 @@ def report(args, rows: list[dict]) -> None:
         for demand in args.demands:
             mine = {(r["arm"], r["agent"]): r for r in rows
                     if (r["instance"], r["demand"]) == (instance, demand)}  # fmt: skip
-            print(f"\nLotSizing-{instance}, {demand} demand, {args.seeds} seeds: mean episode "
-                  "cost (lower is better), bootstrap 95% CI over seeds")  # fmt: skip
+            print(f"\nLotSizing-{label(instance)}, {demand} demand, {args.seeds} seeds: mean "
+                  "episode cost (lower is better), bootstrap 95% CI over seeds")  # fmt: skip
             print(f"{'arm':<16} {'agent':<10} {'steps':>7} {'train (last 5%)':<27} "
                   f"{'greedy test':<27} {'sampled test':<27} {'wall s':>7}")  # fmt: skip
             for (arm, agent), r in mine.items():
                 cells = " ".join(f"{cell(r[m]):<27}" for m in measures)
                 print(f"{arm:<16} {agent:<10} {r['steps']:>7} {cells} {r['wall_seconds']:7.0f}")
             print("differences (negative: the first is cheaper)")
-            for label, first, second in DIFFERENCES:
+            for name, first, second in DIFFERENCES:
                 if first in mine and second in mine:
                     cells = []
                     for m in measures:
                         a, b = np.asarray(mine[first][m]), np.asarray(mine[second][m])
                         low, high = difference_ci(a, b)
                         cells.append(f"{a.mean() - b.mean():7.1f} [{low:7.1f}, {high:7.1f}]")
-                    print(f"{label:<27} {' '.join(f'{c:<27}' for c in cells)}")
+                    print(f"{name:<27} {' '.join(f'{c:<27}' for c in cells)}")
 
 
 def main():
@@ -155,7 +167,7 @@ def main():
     parser.add_argument(
         "--instances",
         default=",".join(INSTANCES),
-        help="comma-separated rljax/LotSizing-<instance> (5x2 for quick runs)",
+        help="comma-separated rljax/LotSizing-<instance> (5x2 for quick runs) or setting files",
     )
     parser.add_argument("--demands", default=",".join(DEMANDS), help="stochastic,deterministic")
     parser.add_argument(
@@ -188,7 +200,7 @@ def main():
             for arm in args.arms:
                 curves, steps = {}, None
                 for agent in args.agents:
-                    out = args.out / f"{instance}-{demand}-{arm}-{agent.lower()}"
+                    out = args.out / f"{label(instance)}-{demand}-{arm}-{agent.lower()}"
                     summary = train(args, instance, demand, arm, agent, out)
                     row = {"instance": instance, "demand": demand, "arm": arm, "agent": agent}
                     row["steps"] = summary["env_steps_per_member"]
@@ -196,8 +208,8 @@ def main():
                     row["wall_seconds"] = summary["wall_seconds"]
                     rows.append(row | evaluate(out, args.eval_episodes))
                     steps, curves[agent] = results.run_curve(out)
-                title = f"lot sizing {instance}, {demand} demand, {arm}: return = -cost"
-                plot = args.out / f"curves-{instance}-{demand}-{arm}.png"
+                title = f"lot sizing {label(instance)}, {demand} demand, {arm}: return = -cost"
+                plot = args.out / f"curves-{label(instance)}-{demand}-{arm}.png"
                 results.plot_curves(plot, steps, curves, f"{title}, {args.seeds} seeds")
     record = {"command": " ".join(sys.argv), "rows": rows}
     (args.out / "results.json").write_text(json.dumps(record, indent=1))

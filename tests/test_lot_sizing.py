@@ -1,4 +1,7 @@
-"""Lot sizing: dynamics by hand, post-decision state, demand laws, horizon, instances, errors."""
+"""Lot sizing: dynamics by hand, post-decision state, demand laws, horizon, instances, the
+authors' setting files, errors."""
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -217,7 +220,59 @@ def test_instance_errors():
         LotSizing(PRODUCTION, [[1.0, 2.0]], SETUP_LOSS)
     with pytest.raises(InvalidLotSizingParameter, match=r"setup_loss must be finite and >= 0"):
         LotSizing(PRODUCTION, SETUP_COSTS, [[1.0, -1.0], [1.0, 1.0]])
-    with pytest.raises(InvalidLotSizingParameter, match=r"no machine can make item\(s\) 2"):
-        LotSizing([[5.0, 0.0], [3.0, 0.0]], SETUP_COSTS, SETUP_LOSS)
+    with pytest.raises(InvalidLotSizingParameter, match=r"machine\(s\) 2 can make no item"):
+        LotSizing([[5.0, 0.0], [0.0, 0.0]], SETUP_COSTS, SETUP_LOSS)
     with pytest.raises(envs.InvalidEnvironmentOption, match="has no parameter demand"):
         envs.make("rljax/LotSizing-5x2", demand=3)
+
+
+def authors_setting(**changes) -> dict:
+    """A setting file's contents in the PDPPO authors' format (their cfg_env/setting_*.json):
+    two machines, three items, item 3 made by neither (as item 12 of their 15 x 5 file)."""
+    return {
+        "time_horizon": 4, "n_items": 3, "n_machines": 2, "initial_setup": [1, 0],
+        "machine_production": [[5, 0, 0], [3, 4, 0]], "setup_costs": [[1, 2, 2], [3, 4, 1]],
+        "setup_loss": [[1, 1, 1], [2, 1, 1]], "max_inventory_level": [6, 6, 6],
+        "initial_inventory": [0, 0, 0], "holding_costs": [0.5] * 3, "lost_sales_costs": [2] * 3,
+        "demand_distribution": {"name": "binomial", "n": 10, "p": 0.5},
+    } | changes  # fmt: skip
+
+
+def test_an_authors_setting_file_is_an_instance(tmp_path):
+    """make("rljax/LotSizing:PATH") reads the file's matrices, costs, cap, demand and horizon
+    (their initial state is not read: resets are random, as the authors train); an item no
+    machine can make is allowed, and its demand is all lost sales."""
+    path = tmp_path / "setting.json"
+    path.write_text(json.dumps(authors_setting()))
+    env, params = envs.make(f"rljax/LotSizing:{path}")
+    assert params == EnvParams(holding_cost=0.5, lost_sales_cost=2.0, max_inventory=6.0,
+                               demand_n=10, demand_p=0.5, max_steps_in_episode=4)  # fmt: skip
+    base, _ = lot_sizing.from_setting(path)
+    np.testing.assert_array_equal(base.production, [[5, 0, 0], [3, 4, 0]])
+    assert base.default_params == params and env.action_space(params).nvec == (4, 4)
+    start = state([0.0, 0.0, 0.0], [1, 2])
+    deterministic = params.replace(deterministic_demand=True)
+    _, _, reward, _, info = base.step_env(KEY, start, jnp.array([1, 2]), deterministic)
+    # Both machines keep their setups: 5 and 4 units made, 5 of each item demanded.
+    np.testing.assert_allclose(info["lost_sales_cost"], 2.0 * (0 + 1 + 5))
+    np.testing.assert_allclose(reward, -(0 + 12.0 + 0))
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"time_horizon": None}, r"lacks time_horizon"),
+        ({"setup_costs": [[1, 2, 2]]}, r"setup_costs in .* has shape \(1, 3\); n_machines x "),
+        ({"holding_costs": [0.5, 0.5, 1.0]}, r"holding_costs in .* varies across items \(0.5 "),
+        ({"demand_distribution": {"name": "poisson", "lam": 8}}, r"is 'poisson'; only 'binomial"),
+        ({"machine_production": [[5, 0, 0], [0, 0, 0]]}, r"machine\(s\) 2 can make no item"),
+    ],
+)
+def test_a_bad_setting_file_is_named(tmp_path, changes, match):
+    path = tmp_path / "setting.json"
+    setting = {k: v for k, v in authors_setting(**changes).items() if v is not None}
+    path.write_text(json.dumps(setting))
+    with pytest.raises(InvalidLotSizingParameter, match=match):
+        envs.make(f"rljax/LotSizing:{path}")
+    with pytest.raises(InvalidLotSizingParameter, match=r"cannot read lot-sizing setting"):
+        envs.make(f"rljax/LotSizing:{tmp_path / 'missing.json'}")

@@ -102,6 +102,8 @@ def _base_env(name: str, backend: str | None):
         return env, env.default_params
     if source == "rljax" and short in OWN_ENVS:
         return OWN_ENVS[short]()
+    if source == "rljax" and short.startswith("LotSizing:"):  # the PDPPO authors' setting file
+        return lot_sizing.from_setting(short.partition(":")[2])
     raise _unknown(name)
 
 

@@ -33,9 +33,15 @@ their generator's distributions (``cfg_env/generate_setting.py``, the settings w
 ``_t100`` suffix): production rate 0 w.p. 0.4 else uniform on 1..40, setup cost 1 w.p. 0.2 else
 2, setup loss 1, holding cost 0.01, lost-sales cost 0.2, max inventory 100, Binomial(20, 0.4)
 demand. They are not the authors' matrices; every item can be made by some machine.
+The authors' own instances are their setting files (``cfg_env/setting_*.json``), which
+``from_setting`` reads: ``make("rljax/LotSizing:PATH")``. In their 15 x 5 file no machine can
+make item 12, whose demand is all lost sales; an instance may have such items, but every machine
+must be able to make something.
 """
 
 import functools
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -110,7 +116,7 @@ class LotSizing(environment.Environment):
       setup_loss: (machines, items) units lost from the first run after a setup change.
     """
 
-    def __init__(self, production, setup_costs, setup_loss, name: str = "LotSizing"):
+    def __init__(self, production, setup_costs, setup_loss, name: str = "LotSizing", params=None):
         production, setup_costs, setup_loss = (
             np.asarray(x, np.float32) for x in (production, setup_costs, setup_loss)
         )
@@ -126,19 +132,20 @@ class LotSizing(environment.Environment):
                 )
             if not np.isfinite(x).all() or (x < 0).any():
                 raise InvalidLotSizingParameter(f"{label} must be finite and >= 0")
-        idle_items = np.flatnonzero(production.sum(0) == 0)
-        if len(idle_items):
+        idle_machines = np.flatnonzero(production.sum(1) == 0)
+        if len(idle_machines):
             raise InvalidLotSizingParameter(
-                f"no machine can make item(s) {', '.join(map(str, idle_items + 1))}: "
-                "every column of production needs a positive rate"
+                f"machine(s) {', '.join(map(str, idle_machines + 1))} can make no item: "
+                "every row of production needs a positive rate"
             )
         self.production, self.setup_costs, self.setup_loss = production, setup_costs, setup_loss
         self.num_machines, self.num_items = production.shape
         self._name = name
+        self._params = EnvParams() if params is None else params
 
     @property
     def default_params(self) -> EnvParams:
-        return EnvParams()
+        return self._params
 
     def check_params(self, params: EnvParams) -> None:
         """Raises InvalidLotSizingParameter, naming the parameter, for a value out of range."""
@@ -227,6 +234,59 @@ class LotSizing(environment.Environment):
 
 def _is_int(x) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+SETTING_KEYS = ("n_items", "n_machines", "machine_production", "setup_costs", "setup_loss",
+                "holding_costs", "lost_sales_costs", "max_inventory_level",
+                "demand_distribution", "time_horizon")  # fmt: skip
+
+
+def from_setting(path) -> tuple[LotSizing, EnvParams]:
+    """(env, params) of an instance in the PDPPO authors' setting-file format (their
+    ``cfg_env/setting_*.json``). Their per-item costs and inventory caps must be one value each
+    (EnvParams holds scalars); their ``initial_inventory`` and ``initial_setup`` are not read,
+    as their training resets draw both at random."""
+    try:
+        setting = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidLotSizingParameter(f"cannot read lot-sizing setting {path}: {error}") from None
+    missing = [key for key in SETTING_KEYS if key not in setting]
+    if missing:
+        raise InvalidLotSizingParameter(f"lot-sizing setting {path} lacks {', '.join(missing)}")
+    shape = (setting["n_machines"], setting["n_items"])
+    for key in ("machine_production", "setup_costs", "setup_loss"):
+        if np.shape(setting[key]) != shape:
+            raise InvalidLotSizingParameter(
+                f"{key} in {path} has shape {np.shape(setting[key])}; n_machines x n_items is "
+                f"{shape}"
+            )
+
+    def one_value(key):
+        values = np.unique(np.asarray(setting[key], np.float64))
+        if values.size != 1:
+            raise InvalidLotSizingParameter(
+                f"{key} in {path} varies across items ({values.min()} to {values.max()}); "
+                "rljax's lot sizing takes one value for all items"
+            )
+        return float(values[0])
+
+    demand = setting["demand_distribution"]
+    if demand.get("name") != "binomial":
+        raise InvalidLotSizingParameter(
+            f"demand_distribution in {path} is {demand.get('name')!r}; only 'binomial' is modelled"
+        )
+    params = EnvParams(
+        holding_cost=one_value("holding_costs"),
+        lost_sales_cost=one_value("lost_sales_costs"),
+        max_inventory=one_value("max_inventory_level"),
+        demand_n=int(demand["n"]),
+        demand_p=float(demand["p"]),
+        max_steps_in_episode=int(setting["time_horizon"]),
+    )
+    env = LotSizing(setting["machine_production"], setting["setup_costs"], setting["setup_loss"],
+                    name=f"rljax/LotSizing:{path}", params=params)  # fmt: skip
+    env.check_params(params)
+    return env, params
 
 
 def make_instance(name: str) -> tuple[LotSizing, EnvParams]:
