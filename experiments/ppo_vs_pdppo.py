@@ -92,6 +92,10 @@ def label(instance: str) -> str:
     return Path(instance).stem if instance.endswith(".json") else instance
 
 
+def run_dir(args, instance, demand, arm, agent) -> Path:
+    return args.out / f"{label(instance)}-{demand}-{arm}-{agent.lower()}"
+
+
 def train(args, instance, demand, arm, agent, out: Path) -> dict:
     """One vmapped run of args.seeds seeds; the summary of one that finished before, or the
     rest of one that stopped (the wall time then counts this process's part only)."""
@@ -200,14 +204,17 @@ def main():
             for arm in args.arms:
                 curves, steps = {}, None
                 for agent in args.agents:
-                    out = args.out / f"{label(instance)}-{demand}-{arm}-{agent.lower()}"
+                    out = run_dir(args, instance, demand, arm, agent)
                     summary = train(args, instance, demand, arm, agent, out)
                     row = {"instance": instance, "demand": demand, "arm": arm, "agent": agent}
                     row["steps"] = summary["env_steps_per_member"]
                     row["train"] = [-r["final_return"] for r in summary["final_returns"]]
                     row["wall_seconds"] = summary["wall_seconds"]
                     rows.append(row | evaluate(out, args.eval_episodes))
-                    steps, curves[agent] = results.run_curve(out)
+                for agent in AGENTS:  # every agent of the arm that has finished, asked or not
+                    out = run_dir(args, instance, demand, arm, agent)
+                    if (out / "summary.json").exists():
+                        steps, curves[agent] = results.run_curve(out)
                 title = f"lot sizing {label(instance)}, {demand} demand, {arm}: return = -cost"
                 plot = args.out / f"curves-{label(instance)}-{demand}-{arm}.png"
                 results.plot_curves(plot, steps, curves, f"{title}, {args.seeds} seeds")
