@@ -264,7 +264,9 @@ def test_an_authors_setting_file_is_an_instance(tmp_path):
         ({"time_horizon": None}, r"lacks time_horizon"),
         ({"setup_costs": [[1, 2, 2]]}, r"setup_costs in .* has shape \(1, 3\); n_machines x "),
         ({"holding_costs": [0.5, 0.5, 1.0]}, r"holding_costs in .* varies across items \(0.5 "),
-        ({"demand_distribution": {"name": "poisson", "lam": 8}}, r"is 'poisson'; only 'binomial"),
+        ({"demand_distribution": {"name": "poisson", "lam": 8}}, r"only a binomial with n and p"),
+        ({"demand_distribution": {"name": "binomial", "n": 20}}, r"only a binomial with n and p"),
+        ({"time_horizon": 4.5}, r"max_steps_in_episode=4.5 is out of range"),
         ({"machine_production": [[5, 0, 0], [0, 0, 0]]}, r"machine\(s\) 2 can make no item"),
     ],
 )
@@ -274,5 +276,8 @@ def test_a_bad_setting_file_is_named(tmp_path, changes, match):
     path.write_text(json.dumps(setting))
     with pytest.raises(InvalidLotSizingParameter, match=match):
         envs.make(f"rljax/LotSizing:{path}")
+
+
+def test_a_missing_setting_file_is_named(tmp_path):
     with pytest.raises(InvalidLotSizingParameter, match=r"cannot read lot-sizing setting"):
         envs.make(f"rljax/LotSizing:{tmp_path / 'missing.json'}")

@@ -271,17 +271,21 @@ def from_setting(path) -> tuple[LotSizing, EnvParams]:
         return float(values[0])
 
     demand = setting["demand_distribution"]
-    if demand.get("name") != "binomial":
+    if (
+        not isinstance(demand, dict)
+        or demand.get("name") != "binomial"
+        or not {"n", "p"} <= set(demand)
+    ):
         raise InvalidLotSizingParameter(
-            f"demand_distribution in {path} is {demand.get('name')!r}; only 'binomial' is modelled"
+            f"demand_distribution in {path} is {demand!r}; only a binomial with n and p is modelled"
         )
     params = EnvParams(
         holding_cost=one_value("holding_costs"),
         lost_sales_cost=one_value("lost_sales_costs"),
         max_inventory=one_value("max_inventory_level"),
-        demand_n=int(demand["n"]),
+        demand_n=demand["n"],  # check_params names a non-integer n or horizon
         demand_p=float(demand["p"]),
-        max_steps_in_episode=int(setting["time_horizon"]),
+        max_steps_in_episode=setting["time_horizon"],
     )
     env = LotSizing(setting["machine_production"], setting["setup_costs"], setting["setup_loss"],
                     name=f"rljax/LotSizing:{path}", params=params)  # fmt: skip
