@@ -258,12 +258,38 @@ def test_an_authors_setting_file_is_an_instance(tmp_path):
     np.testing.assert_allclose(reward, -(0 + 12.0 + 0))
 
 
+def test_costs_and_caps_may_be_one_per_item(tmp_path):
+    """A setting file's per-item costs and caps price and cap each item apart (the authors'
+    20 x 10 file prices lost sales per item); a value the same for all items stays one number."""
+    path = tmp_path / "setting.json"
+    path.write_text(json.dumps(authors_setting(
+        lost_sales_costs=[1, 2, 3], holding_costs=[0.5, 0.25, 0.5], max_inventory_level=[6, 2, 6]
+    )))  # fmt: skip
+    env, params = lot_sizing.from_setting(path)
+    np.testing.assert_array_equal(params.lost_sales_cost, [1, 2, 3])
+    uniform = tmp_path / "uniform.json"
+    uniform.write_text(json.dumps(authors_setting()))
+    assert lot_sizing.from_setting(uniform)[1].lost_sales_cost == 2.0
+    start = state([0.0, 4.0, 13.0], [1, 2])
+    deterministic = params.replace(deterministic_demand=True)
+    obs, after, reward, _, info = env.step_env(KEY, start, jnp.array([0, 0]), deterministic)
+    # Machines idle, 5 of each item demanded: 5 and 1 units lost; item 3 keeps 6 of 8 (its cap).
+    np.testing.assert_allclose(info["lost_sales_cost"], 1 * 5 + 2 * 1 + 3 * 0)
+    np.testing.assert_allclose(info["holding_cost"], 0.5 * 6)
+    np.testing.assert_allclose(after.inventory, [0, 0, 6])
+    np.testing.assert_allclose(obs[:3], [0, 0, 1])
+    np.testing.assert_allclose(reward, -(7 + 3))
+    _, start = env.reset_env(KEY, params)
+    assert np.all(np.asarray(start.inventory) < np.array([6, 2, 6]))
+
+
 @pytest.mark.parametrize(
     "changes, match",
     [
         ({"time_horizon": None}, r"lacks time_horizon"),
         ({"setup_costs": [[1, 2, 2]]}, r"setup_costs in .* has shape \(1, 3\); n_machines x "),
-        ({"holding_costs": [0.5, 0.5, 1.0]}, r"holding_costs in .* varies across items \(0.5 "),
+        ({"holding_costs": [0.5, 0.5]}, r"holding_costs in .* must be a list of n_items=3 num"),
+        ({"lost_sales_costs": [2, -1, 2]}, r"lost_sales_cost=.* must be >= 0, one value or 3,"),
         ({"demand_distribution": {"name": "poisson", "lam": 8}}, r"only a binomial with n and p"),
         ({"demand_distribution": {"name": "binomial", "n": 20}}, r"only a binomial with n and p"),
         ({"time_horizon": 4.5}, r"max_steps_in_episode=4.5 is out of range"),

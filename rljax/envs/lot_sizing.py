@@ -10,8 +10,11 @@ Each period t = 0 .. T-1 every machine m either idles (action 0) or produces ite
         if setup_m != k:  pay setup_costs[m, k-1] and lose setup_loss[m, k-1] units of the run
         inventory_k += max(production[m, k-1] - loss, 0);   setup_m = a_m (0 when idle)
     stochastic step: d_k ~ Binomial(demand_n, demand_p) i.i.d. per item (or n p, deterministic)
-        inventory_k -= d_k;  lost_k = max(-inventory_k, 0);  inventory_k = clip(., 0, max_inv)
-    reward = -(setup costs + lost_sales_cost sum_k lost_k + holding_cost sum_k inventory_k)
+        inventory_k -= d_k;  lost_k = max(-inventory_k, 0);  inventory_k = clip(., 0, max_inv_k)
+    reward = -(setup costs + sum_k lost_sales_cost_k lost_k + sum_k holding_cost_k inventory_k)
+
+The costs and the inventory cap are one value for all items or one per item (the authors'
+20 x 10 file prices lost sales per item).
 
 The post-decision state (inventory and setups after the decision, before demand) is in
 ``info["post_decision_inventory"]`` and ``info["post_decision_setup"]``, encoded like an
@@ -34,9 +37,11 @@ their generator's distributions (``cfg_env/generate_setting.py``, the settings w
 2, setup loss 1, holding cost 0.01, lost-sales cost 0.2, max inventory 100, Binomial(20, 0.4)
 demand. They are not the authors' matrices; every item can be made by some machine.
 The authors' own instances are their setting files (``cfg_env/setting_*.json``), which
-``from_setting`` reads: ``make("rljax/LotSizing:PATH")``. In their 15 x 5 file no machine can
-make item 12, whose demand is all lost sales; an instance may have such items, but every machine
-must be able to make something.
+``from_setting`` reads: ``make("rljax/LotSizing:PATH")``. Their 15 x 5 and 25 x 10 files follow
+the distributions above, but in the 15 x 5 no machine can make item 12, whose demand is all lost
+sales (an instance may have such items; every machine must be able to make something). Their
+20 x 10 file is another problem at a tenth of the scale: rates 0..4, max inventory 10, holding
+cost 0.1, lost-sales costs 1 to 3 per item, Binomial(4, 0.4) demand; ``20x10`` here is not it.
 """
 
 import functools
@@ -81,9 +86,10 @@ class EnvState(environment.EnvState):
 
 @struct.dataclass
 class EnvParams(environment.EnvParams):
-    holding_cost: float = 0.01  # per unit held at the end of a period
-    lost_sales_cost: float = 0.2  # per unit of unmet demand
-    max_inventory: float = 100.0  # per item; stock above it is discarded after demand
+    # One value for all items, or an (items,) array of one per item:
+    holding_cost: float | jax.Array = 0.01  # per unit held at the end of a period
+    lost_sales_cost: float | jax.Array = 0.2  # per unit of unmet demand
+    max_inventory: float | jax.Array = 100.0  # stock above it is discarded after demand
     demand_n: int = 20
     demand_p: float = 0.4
     deterministic_demand: bool = False  # the control: demand n p every period
@@ -149,10 +155,12 @@ class LotSizing(environment.Environment):
 
     def check_params(self, params: EnvParams) -> None:
         """Raises InvalidLotSizingParameter, naming the parameter, for a value out of range."""
+        per_item = f"one value or {self.num_items}, one per item"
         rules = [
-            ("holding_cost", params.holding_cost >= 0, ">= 0"),
-            ("lost_sales_cost", params.lost_sales_cost >= 0, ">= 0"),
-            ("max_inventory", params.max_inventory > 0, "> 0"),
+            ("holding_cost", self._per_item(params.holding_cost) >= 0, f">= 0, {per_item}"),
+            ("lost_sales_cost", self._per_item(params.lost_sales_cost) >= 0,
+             f">= 0, {per_item}"),
+            ("max_inventory", self._per_item(params.max_inventory) > 0, f"> 0, {per_item}"),
             ("demand_n", _is_int(params.demand_n) and params.demand_n >= 0, "an integer >= 0"),
             ("demand_p", 0 <= params.demand_p <= 1, "in [0, 1]"),
             ("deterministic_demand", isinstance(params.deterministic_demand, bool), "a bool"),
@@ -165,6 +173,12 @@ class LotSizing(environment.Environment):
                 raise InvalidLotSizingParameter(
                     f"{name}={value!r} is out of range: it must be {allowed}"
                 )
+
+    def _per_item(self, value) -> float:
+        """The least of ``value``'s numbers if it is one number or one per item, else NaN
+        (which fails every range check)."""
+        value = np.asarray(value, np.float64)
+        return value.min() if value.shape in ((), (self.num_items,)) else np.nan
 
     def reset_env(self, key, params):
         inventory_key, setup_key = jax.random.split(key)
@@ -194,9 +208,9 @@ class LotSizing(environment.Environment):
         sampled = jax.random.binomial(key, n, p, (self.num_items,))
         demand = jnp.where(params.deterministic_demand, n * p, sampled)
         left = inventory - demand
-        lost_sales_cost = params.lost_sales_cost * jnp.maximum(-left, 0.0).sum()
+        lost_sales_cost = (params.lost_sales_cost * jnp.maximum(-left, 0.0)).sum()
         inventory = jnp.clip(left, 0.0, params.max_inventory)
-        holding_cost = params.holding_cost * inventory.sum()
+        holding_cost = (params.holding_cost * inventory).sum()
         next_state = EnvState(inventory=inventory, setup=setup, time=state.time + 1)
         info = {
             "post_decision_obs": self.get_obs(post_state, params),
@@ -243,9 +257,9 @@ SETTING_KEYS = ("n_items", "n_machines", "machine_production", "setup_costs", "s
 
 def from_setting(path) -> tuple[LotSizing, EnvParams]:
     """(env, params) of an instance in the PDPPO authors' setting-file format (their
-    ``cfg_env/setting_*.json``). Their per-item costs and inventory caps must be one value each
-    (EnvParams holds scalars); their ``initial_inventory`` and ``initial_setup`` are not read,
-    as their training resets draw both at random."""
+    ``cfg_env/setting_*.json``). A per-item cost or cap that is the same for all items becomes
+    one value; their ``initial_inventory`` and ``initial_setup`` are not read, as their
+    training resets draw both at random."""
     try:
         setting = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -261,14 +275,13 @@ def from_setting(path) -> tuple[LotSizing, EnvParams]:
                 f"{shape}"
             )
 
-    def one_value(key):
-        values = np.unique(np.asarray(setting[key], np.float64))
-        if values.size != 1:
+    def per_item(key):
+        values = np.asarray(setting[key])
+        if values.shape != (setting["n_items"],) or values.dtype.kind not in "iuf":
             raise InvalidLotSizingParameter(
-                f"{key} in {path} varies across items ({values.min()} to {values.max()}); "
-                "rljax's lot sizing takes one value for all items"
+                f"{key} in {path} must be a list of n_items={setting['n_items']} numbers"
             )
-        return float(values[0])
+        return float(values[0]) if np.all(values == values[0]) else jnp.asarray(values, "f4")
 
     demand = setting["demand_distribution"]
     if (
@@ -280,9 +293,9 @@ def from_setting(path) -> tuple[LotSizing, EnvParams]:
             f"demand_distribution in {path} is {demand!r}; only a binomial with n and p is modelled"
         )
     params = EnvParams(
-        holding_cost=one_value("holding_costs"),
-        lost_sales_cost=one_value("lost_sales_costs"),
-        max_inventory=one_value("max_inventory_level"),
+        holding_cost=per_item("holding_costs"),
+        lost_sales_cost=per_item("lost_sales_costs"),
+        max_inventory=per_item("max_inventory_level"),
         demand_n=demand["n"],  # check_params names a non-integer n or horizon
         demand_p=float(demand["p"]),
         max_steps_in_episode=setting["time_horizon"],
