@@ -17,18 +17,21 @@ Arms (``--arms``), each a preset and overrides:
 
 Instances (``--instances``): the authors' 15x5, 20x10 and 25x10 (items x machines; matrices
 drawn from their generator, rljax/envs/lot_sizing.py), 5x2 for quick runs, or the path of one of
-the authors' own setting files (leokan92/pdppo, code/Lot-sizing/cfg_env/setting_*.json); demand
+the authors' own setting files (leokan92/pdppo, code/Lot-sizing/cfg_env/setting_*.json; their
+20x10 file is a smaller-scale problem than the 20x10 drawn here); demand
 (``--demands``) binomial or its mean. Each (instance, demand, arm, agent) is one vmapped run of
 ``--seeds`` seeds through the runner; a run whose directory holds a summary is reused, so an
 interrupted reproduction continues where it stopped. Every final policy is tested on
 ``--eval-episodes`` fresh episodes twice: greedy (ours) and sampling its actions (the authors'
 test: 100 episodes of the trained policy's samples). The script prints, per instance and
-demand, the mean episode cost over seeds with bootstrap 95% CIs (training's last 5%, greedy,
-sampled), the differences PDPPO - PPO, PDPPO-min - PDPPO and GAE - Monte-Carlo with their CIs,
-and the wall times; it saves the curves and ``results.json``.
+demand, the mean episode cost over seeds with bootstrap 95% CIs (over the whole run, which is
+the area under the learning curve; training's last 5%; greedy; sampled), the differences
+PDPPO - PPO, PDPPO-min - PDPPO and GAE - Monte-Carlo with their CIs, and the wall times; it
+saves the curves and ``results.json``.
 
     python experiments/ppo_vs_pdppo.py            # the reproduction: 3 instances x 2 demands x
-                                                  # 3 arms x 3 agents, 10 seeds (a GPU's work)
+                                                  # 3 arms x 3 agents, 10 seeds: 10-15 h
+                                                  # on a 2-core CPU
     python experiments/ppo_vs_pdppo.py --instances 15x5 --demands stochastic --seeds 5 \\
         --arms ours,authors --agents PPO,PDPPO    # the headline comparison alone
     python experiments/ppo_vs_pdppo.py --instances 5x2 --demands stochastic --seeds 2 \\
@@ -127,6 +130,13 @@ def evaluate(out: Path, episodes: int) -> dict:
     return costs
 
 
+def training_costs(out: Path) -> list[float]:
+    """Mean episode cost per seed over the whole run (the area under its learning curve over
+    the budget): where final costs agree, it shows which agent learned faster."""
+    _, curve = results.run_curve(out)
+    return (-np.nanmean(curve, axis=1)).tolist()
+
+
 def difference_ci(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0):
     """Bootstrap 95% CI of mean(a) - mean(b), seeds resampled independently."""
     rng = np.random.default_rng(seed)
@@ -141,15 +151,16 @@ def cell(costs) -> str:
 
 
 def report(args, rows: list[dict]) -> None:
-    measures = ("train", "greedy", "sampled")
+    measures = ("whole run", "train", "greedy", "sampled")
     for instance in args.instances:
         for demand in args.demands:
             mine = {(r["arm"], r["agent"]): r for r in rows
                     if (r["instance"], r["demand"]) == (instance, demand)}  # fmt: skip
             print(f"\nLotSizing-{label(instance)}, {demand} demand, {args.seeds} seeds: mean "
                   "episode cost (lower is better), bootstrap 95% CI over seeds")  # fmt: skip
-            print(f"{'arm':<16} {'agent':<10} {'steps':>7} {'train (last 5%)':<27} "
-                  f"{'greedy test':<27} {'sampled test':<27} {'wall s':>7}")  # fmt: skip
+            print(f"{'arm':<16} {'agent':<10} {'steps':>7} {'whole run':<27} "
+                  f"{'train (last 5%)':<27} {'greedy test':<27} {'sampled test':<27} "
+                  f"{'wall s':>7}")  # fmt: skip
             for (arm, agent), r in mine.items():
                 cells = " ".join(f"{cell(r[m]):<27}" for m in measures)
                 print(f"{arm:<16} {agent:<10} {r['steps']:>7} {cells} {r['wall_seconds']:7.0f}")
@@ -209,15 +220,17 @@ def main():
                     row = {"instance": instance, "demand": demand, "arm": arm, "agent": agent}
                     row["steps"] = summary["env_steps_per_member"]
                     row["train"] = [-r["final_return"] for r in summary["final_returns"]]
+                    row["whole run"] = training_costs(out)
                     row["wall_seconds"] = summary["wall_seconds"]
                     rows.append(row | evaluate(out, args.eval_episodes))
                 for agent in AGENTS:  # every agent of the arm that has finished, asked or not
                     out = run_dir(args, instance, demand, arm, agent)
                     if (out / "summary.json").exists():
                         steps, curves[agent] = results.run_curve(out)
-                title = f"lot sizing {label(instance)}, {demand} demand, {arm}: return = -cost"
+                title = f"lot sizing {label(instance)}, {demand} demand, {arm}\n"
+                title += f"{args.seeds} seeds; return = -cost"
                 plot = args.out / f"curves-{label(instance)}-{demand}-{arm}.png"
-                results.plot_curves(plot, steps, curves, f"{title}, {args.seeds} seeds")
+                results.plot_curves(plot, steps, curves, title)
     record = {"command": " ".join(sys.argv), "rows": rows}
     (args.out / "results.json").write_text(json.dumps(record, indent=1))
     report(args, rows)
