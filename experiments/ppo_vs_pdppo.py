@@ -227,8 +227,8 @@ def main():
                     out = run_dir(args, instance, demand, arm, agent)
                     if (out / "summary.json").exists():
                         steps, curves[agent] = results.run_curve(out)
-                title = f"lot sizing {label(instance)}, {demand} demand, {arm}\n"
-                title += f"{args.seeds} seeds; return = -cost"
+                title = f"lot sizing {label(instance)}, {arm}\n"
+                title += f"{demand} demand, {args.seeds} seeds; return = -cost"
                 plot = args.out / f"curves-{label(instance)}-{demand}-{arm}.png"
                 results.plot_curves(plot, steps, curves, title)
     record = {"command": " ".join(sys.argv), "rows": rows}
