@@ -200,6 +200,12 @@ def test_multi_discrete_space():
     "option, match",
     [
         ({"holding_cost": -1.0}, r"holding_cost=-1.0 is out of range: it must be >= 0"),
+        ({"holding_cost": "abc"}, r"holding_cost='abc' is out of range: it must be >= 0"),
+        (
+            {"lost_sales_cost": [0.1, 0.2]},
+            r"lost_sales_cost=\[0.1, 0.2\] is out of range: it "
+            r"must be >= 0, one value or 5, one per item",
+        ),
         ({"lost_sales_cost": -0.1}, r"lost_sales_cost=-0.1 is out of range"),
         ({"max_inventory": 0.0}, r"max_inventory=0.0 is out of range: it must be > 0"),
         ({"demand_n": 2.5}, r"demand_n=2.5 is out of range: it must be an integer >= 0"),

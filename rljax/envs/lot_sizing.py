@@ -176,8 +176,11 @@ class LotSizing(environment.Environment):
 
     def _per_item(self, value) -> float:
         """The least of ``value``'s numbers if it is one number or one per item, else NaN
-        (which fails every range check)."""
-        value = np.asarray(value, np.float64)
+        (which fails every range check, so the message names the parameter)."""
+        try:
+            value = np.asarray(value, np.float64)
+        except (TypeError, ValueError):  # not numbers: "abc", a dict
+            return np.nan
         return value.min() if value.shape in ((), (self.num_items,)) else np.nan
 
     def reset_env(self, key, params):
