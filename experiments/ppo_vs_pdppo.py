@@ -31,7 +31,7 @@ saves the curves and ``results.json``.
 
     python experiments/ppo_vs_pdppo.py            # the reproduction: 3 instances x 2 demands x
                                                   # 3 arms x 3 agents, 10 seeds: about a
-                                                  # day on a 2-core CPU (13-45 min per
+                                                  # day on a 2-core CPU (13-59 min per
                                                   # authors'-protocol run, 36 of them)
     python experiments/ppo_vs_pdppo.py --instances 15x5 --demands stochastic --seeds 5 \\
         --arms ours,authors --agents PPO,PDPPO    # the headline comparison alone
