@@ -52,6 +52,7 @@ ENSEMBLE_FUNCTIONS = (
 COPIES = {
     # Error-prone primitives, each with a reference below.
     "gae": [[*POLICY_GRADIENT, "uni_o4"]],
+    "random_permutation": [[*POLICY_GRADIENT, "uni_o4"]],
     "ppo_loss": [["ppo", "ppo_rnn"]],  # its hand-computed case: tests/test_ppo.py
     "egae": [["ppo", "ppo_rnn"]],  # its hand-computed cases: tests/test_egae.py
     "monte_carlo": [["pdppo", "ppo"]],  # its hand-computed case: tests/test_pdppo.py
@@ -294,6 +295,25 @@ def test_gae_matches_the_loop():
         for fn in (gae, jax.jit(gae), per_env):
             for got, want in zip(fn(*args), expected, strict=True):
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_random_permutation_is_jax_permutation():
+    """The same numbers as jax.random.permutation: sizes of one and two rounds of jax's shuffle
+    (up to 1625 and beyond), jitted and vmapped over keys, the plain call past 2**16, and draws
+    in which two indices get the same 32-bit key (a tie, ordered by index)."""
+    permutation = one("random_permutation")
+    keys = jax.random.split(jax.random.key(7), 20)
+    for n in (1, 2, 5, 128, 512, 1625, 1626, 4096, 2**16 + 1):
+        want = jax.vmap(lambda k, n=n: jax.random.permutation(k, n))(keys[:3])
+        np.testing.assert_array_equal(jax.vmap(lambda k, n=n: permutation(k, n))(keys[:3]), want)
+    jitted = jax.jit(permutation, static_argnums=1)
+    for key in keys:
+        np.testing.assert_array_equal(jitted(key, 512), jax.random.permutation(key, 512))
+    tied = keys[jnp.array([1, 5, 19])]  # their 2**16 keys hold 1, 2 and 3 ties
+    for key in tied:
+        bits = jax.random.bits(jax.random.split(key)[1], (2**16,), jnp.uint32)
+        assert np.unique(np.asarray(bits)).size < 2**16
+        np.testing.assert_array_equal(jitted(key, 2**16), jax.random.permutation(key, 2**16))
 
 
 # --- Episode metrics ---
