@@ -5,8 +5,11 @@ naming the problem and exit status 2, never a traceback.
 """
 
 import argparse
+import atexit
 import datetime
+import os
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -551,5 +554,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``rljax`` command: ``main``, then the exit handlers, then an exit that skips the
+    interpreter's teardown. Every file is written and closed by then; what is skipped is
+    freeing the compiled programs and modules object by object (0.15-0.6 s after a CartPole
+    run), which the operating system does at once. Under a profiler or a coverage tracer, which
+    write their data at the normal exit, it exits normally."""
+    code = main()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if not thread.daemon and thread is not threading.current_thread():
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

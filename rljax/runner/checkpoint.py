@@ -17,12 +17,11 @@ restores.
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import warnings
 from pathlib import Path
-
-import orbax.checkpoint as ocp
 
 from rljax.runner.distributed import barrier, is_primary
 from rljax.runner.errors import RunError
@@ -35,15 +34,27 @@ class Checkpoints:
         """A writer keeps the newest ``keep`` steps; a reader (``read_only``) changes nothing."""
         self.directory = Path(directory).absolute()
         self._read_only = read_only
-        with _quiet_orbax():  # orbax logs what it changes in a reader's options
-            options = ocp.CheckpointManagerOptions(
-                max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only
-            )
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._keep = keep
+        self._opened = None
+
+    @property
+    def _manager(self):
+        """Orbax's manager, opened at its first use: a fresh run imports orbax (0.1-0.2 s) while
+        it trains (``load_orbax``), not before."""
+        if self._opened is None:
+            ocp = load_orbax()
+            with _quiet_orbax():  # orbax logs what it changes in a reader's options
+                options = ocp.CheckpointManagerOptions(
+                    max_to_keep=None if self._read_only else self._keep,
+                    create=not self._read_only,
+                    read_only=self._read_only,
+                )
+                self._opened = ocp.CheckpointManager(self.directory, options=options)
+        return self._opened
 
     def save(self, step: int, state) -> None:
         """Saves ``state`` as ``step`` and, once orbax has finished it, its checksum."""
-        self._manager.save(step, args=ocp.args.StandardSave(state))
+        self._manager.save(step, args=load_orbax().args.StandardSave(state))
         self._manager.wait_until_finished()
         if is_primary():
             lines = [f"{digest}  {name}\n" for name, digest in _digests(self._step_dir(step))]
@@ -81,7 +92,9 @@ class Checkpoints:
         """The state saved at ``step``, laid out (shapes, dtypes, shardings) as abstract_state,
         without checking its checksum (``restore_latest`` does)."""
         with _quiet_orbax():
-            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            return self._manager.restore(
+                step, args=load_orbax().args.StandardRestore(abstract_state)
+            )
 
     def restore_latest(self, layout_at):
         """(step, state) of the newest checkpoint that verifies, or (None, None); the state laid
@@ -120,7 +133,8 @@ class Checkpoints:
         return found
 
     def close(self) -> None:
-        self._manager.close()
+        if self._opened is not None:
+            self._opened.close()
 
     def _step_dir(self, step: int) -> Path:
         return self.directory / str(step)
@@ -140,6 +154,11 @@ class Checkpoints:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(self._checksum_file(step), self.directory / f"{name}.sha256")
         return name
+
+
+def load_orbax():
+    """``orbax.checkpoint``, imported at first use."""
+    return importlib.import_module("orbax.checkpoint")
 
 
 def _digests(step_dir: Path) -> list[tuple[str, str]]:
