@@ -14,6 +14,7 @@ import pickle
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -92,12 +93,12 @@ def train(
         init_jit = program.init_fn()
         shapes = {False: jax.eval_shape(init_jit, program.stacked, program.keys)}
         layouts = {False: program.abstract(shapes[False])}  # the train state's, per phase
-        init_fn = init_jit.lower(program.stacked, program.keys).compile()
-        chunk_fns = {
-            False: program.chunk_fn(chunk_updates(program))
-            .lower(program.stacked, layouts[False])
-            .compile()
-        }
+        # XLA compiles init on a thread (it lets go of the GIL) while the chunk is traced here.
+        with ThreadPoolExecutor(1) as pool:
+            init_compiled = pool.submit(init_jit.lower(program.stacked, program.keys).compile)
+            chunk = program.chunk_fn(chunk_updates(program)).lower(program.stacked, layouts[False])
+            init_fn = init_compiled.result()
+        chunk_fns = {False: chunk.compile()}
         if boundary is not None:
             begin_jit = program.begin_fn()
             shapes[True] = jax.eval_shape(begin_jit, program.stacked, layouts[False])
