@@ -55,6 +55,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
+    if args.pairs < 1:
+        parser.error(f"--pairs={args.pairs} must be at least 1")
     env = {**os.environ, "RLJAX_CACHE_DIR": ""}  # every process compiles
     rljax = shutil.which("rljax", path=str(Path(sys.executable).parent)) or "rljax"
     times = {"rljax train": [], "bare script": [], "bare, os._exit": []}

@@ -1,6 +1,7 @@
 """The rljax command line: end to end in a subprocess, and every bad input as a named error."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,26 @@ def test_train_eval_and_envs_end_to_end(tmp_path):
 
     listing = rljax("envs")
     assert listing.returncode == 0 and "brax/hopper" in listing.stdout
+
+
+def test_the_command_exits_fast_but_says_everything(tmp_path, capsys):
+    """``rljax`` ends with os._exit (no interpreter teardown): its status and all its buffered
+    output still arrive; under a profiler it exits normally, so the profile is written."""
+    failed = rljax("train", "ppo", "--env", "CartPol-v1")
+    assert failed.returncode == 2 and "unknown environment 'CartPol-v1'" in failed.stderr
+    assert cli.main(["agents"]) == 0
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a pipe is
+    listed = subprocess.run(
+        [sys.executable, "-m", "rljax.cli", "agents"], capture_output=True, text=True, env=buffered
+    )
+    assert listed.returncode == 0 and listed.stdout == capsys.readouterr().out
+    profile = tmp_path / "cli.prof"
+    profiled = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", profile, "-m", "rljax.cli", "agents"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert profiled.returncode == 0, profiled.stderr
+    assert profile.stat().st_size > 0
 
 
 @pytest.mark.parametrize(

@@ -224,9 +224,9 @@ def _import_while_training() -> None:
     raised again where it is needed."""
 
     def load():
-        with contextlib.suppress(Exception):
-            load_orbax()
-            results.load_figure()
+        for module in (load_orbax, results.load_figure):
+            with contextlib.suppress(Exception):
+                module()
 
     threading.Thread(target=load, name="rljax-imports", daemon=True).start()
 
