@@ -559,7 +559,9 @@ def run() -> None:
     interpreter's teardown. Every file is written and closed by then; what is skipped is
     freeing the compiled programs and modules object by object (0.15-0.6 s after a CartPole
     run), which the operating system does at once. Under a profiler or a coverage tracer, which
-    write their data at the normal exit, it exits normally."""
+    write their data at the normal exit, it exits normally. Its output is line-buffered, so a
+    run's progress reaches a pipe (``| tee``, a job's log) line by line, not 8 kB at a time."""
+    sys.stdout.reconfigure(line_buffering=True)
     code = main()
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)

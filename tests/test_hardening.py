@@ -105,7 +105,9 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(tmp_path):
     """
     args = ["train", "ppo", "--env", "CartPole-v1", "--total-steps", "20480"]
     args += ["--chunk-updates", "1", "--checkpoint-seconds", "0"]
-    environment = {**os.environ, "RLJAX_CACHE_DIR": str(tmp_path / "cache")}
+    # Without PYTHONUNBUFFERED, as a pipe is: the progress line must arrive while it trains.
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    environment["RLJAX_CACHE_DIR"] = str(tmp_path / "cache")
     command = [sys.executable, "-m", "rljax.cli", *args, "--out", str(tmp_path / "resumed")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
     for line in process.stdout:
