@@ -586,6 +586,47 @@ def test_the_train_state_checkpoints(name, tmp_path):
     checkpoint_round_trip(state, tmp_path / "checkpoints")
 
 
+class KeepsItsKey(envs.wrappers.GymnaxWrapper):
+    """An env whose state holds the last key it was given, as an env that splits its own
+    stream might: a step handed keys of another kind than its state holds could not be
+    scanned."""
+
+    def reset(self, key, params=None):
+        obs, state = self._env.reset(key, params)
+        return obs, (state, key)
+
+    def step(self, key, state, action, params=None):
+        obs, inner, reward, terminated, truncated, info = self._env.step(
+            key, state[0], action, params
+        )
+        return obs, (inner, key), reward, terminated, truncated, info
+
+
+# The rollouts that draw through their written-out threefry (tests/test_inlined_copies.py).
+WRITTEN_OUT_ROLLOUTS = ["dpo", "lpo", "mdpo", "pdppo", "ppo", "ppo_pmoe", "ppo_rnn"]
+
+
+@pytest.mark.parametrize("name", WRITTEN_OUT_ROLLOUTS, ids=WRITTEN_OUT_ROLLOUTS)
+@pytest.mark.parametrize("key", ["raw", "typed"])
+def test_an_env_that_keeps_its_key_trains_on_the_same_numbers(name, key):
+    """The policy-gradient rollouts draw their env steps' randomness through keys of their
+    written-out threefry, except for an env whose state holds keys: it gets keys of the kind
+    it holds, and trains on the numbers of the env that keeps none (to float rounding: the
+    two are compiled as different programs)."""
+    s = setup(name)
+    rng = jax.random.PRNGKey(0) if key == "raw" else jax.random.key(0)
+    keeps = KeepsItsKey(s.env)
+    plain, kept = compiled(
+        lambda rng: [s.module.train(s.config, env, s.env_params, rng) for env in (s.env, keeps)],
+        rng,
+    )
+    (_, kept_key), held = kept[0].env_state, jax.random.key_data(rng) if key == "raw" else rng
+    assert kept_key.dtype == held.dtype  # the kind the env was reset with
+    kept = (kept[0].replace(env_state=kept[0].env_state[0]), kept[1])
+    for (path, a), (_, b) in zip(leaves_with_paths(plain), leaves_with_paths(kept), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name}: {path}")
+
+
 # A model-based agent's update also rolls its model out and samples model rows: each agent's
 # own tests check its batches.
 DATASET_NAMES = [

@@ -45,6 +45,12 @@ ENSEMBLE_FUNCTIONS = (
     "holdout_errors", "ensemble_evaluate", "ensemble_update", "ensemble_fitted",
     "ensemble_predict", "ensemble_sample", "observation_bounds",
 )  # fmt: skip
+# The written-out threefry section of the policy-gradient files; its reference: jax's threefry.
+THREEFRY_SECTION = "# --- Written-out threefry ---"
+THREEFRY_FUNCTIONS = (
+    "_threefry2x32", "_threefry_keys", "_written_out", "_hashed_counts", "_split",
+    "_random_bits", "written_out_keys", "holds_keys",
+)  # fmt: skip
 
 # Function name -> the groups of agent modules that each share one text of it. Most have one
 # group; two where two versions exist on purpose (e.g. the replay buffers of the DQN and SAC
@@ -156,6 +162,7 @@ COPIES = {
     "actor_learning_rate": [["fdvl", "iql", "riql"]],
     # The dynamics ensemble section, function by function (and whole: see its test below).
     **{name: [MODEL_BASED] for name in ENSEMBLE_FUNCTIONS},
+    **{name: [POLICY_GRADIENT] for name in THREEFRY_FUNCTIONS},
     "expectile_loss": [["famo2o", "iql", "pgd", "riql", "smore"]],
 }
 # The contract's names are the agent's own even where two files happen to agree.
@@ -203,6 +210,16 @@ def section(name: str, marker: str) -> str:
     start = source.index(marker)
     end = source.find("\n# --- ", start + len(marker))
     return source[start : end if end >= 0 else None]
+
+
+def test_written_out_threefry_sections_are_identical():
+    """The written-out threefry section (its impl's definition too) is ppo.py's text in every
+    policy-gradient file, and only there."""
+    holders = [n for n in ALL if THREEFRY_SECTION in Path(module(n).__file__).read_text()]
+    assert sorted(holders) == sorted(POLICY_GRADIENT)
+    reference = section("ppo", THREEFRY_SECTION)
+    drifted = [n for n in holders if section(n, THREEFRY_SECTION) != reference]
+    assert not drifted, f"the written-out threefry section of {drifted} differs from ppo.py's"
 
 
 def test_dynamics_ensemble_sections_are_identical():
@@ -314,6 +331,66 @@ def test_random_permutation_is_jax_permutation():
         bits = jax.random.bits(jax.random.split(key)[1], (2**16,), jnp.uint32)
         assert np.unique(np.asarray(bits)).size < 2**16
         np.testing.assert_array_equal(jitted(key, 2**16), jax.random.permutation(key, 2**16))
+
+
+# --- Written-out threefry ---
+
+
+def draws(key):
+    """What envs and agents draw from a key, through every path of a PRNG implementation:
+    split, bits of each width, fold_in, and the samplers built on them."""
+    return {
+        "split": jax.random.key_data(jax.random.split(key, (2, 3))),
+        "bits8": jax.random.bits(key, (5,), jnp.uint8),
+        "bits16": jax.random.bits(key, (5,), jnp.uint16),
+        "bits32": jax.random.bits(key, (3, 4), jnp.uint32),
+        "fold_in": jax.random.key_data(jax.random.fold_in(key, 7)),
+        "uniform": jax.random.uniform(key, (4,), minval=-0.05, maxval=0.05),
+        "normal": jax.random.normal(key, (2, 3)),
+        "gumbel": jax.random.gumbel(key, (4, 2)),
+        "randint": jax.random.randint(key, (6,), 0, 10),
+        "bernoulli": jax.random.bernoulli(key, 0.3, (6,)),
+        "categorical": jax.random.categorical(key, jnp.log(jnp.array([0.2, 0.3, 0.5])), shape=(6,)),
+        "binomial": jax.random.binomial(key, 20, 0.3, (3,)),
+        "permutation": jax.random.permutation(key, 40),
+        "scalar": jax.random.uniform(key),
+    }
+
+
+def test_written_out_threefry_draws_jax_threefry_numbers():
+    """Keys of the written-out hash draw jax's threefry numbers bit for bit: typed and raw
+    keys, jitted and vmapped over keys, in jax's partitionable layout and (drawn there by jax's
+    own hash) its older one; the keys turn back into the kind given."""
+    to_written_out = one("written_out_keys")
+    impl = module(COPIES["written_out_keys"][0][0]).WRITTEN_OUT_THREEFRY
+    typed = jax.random.split(jax.random.key(3), 4)
+    raw = jax.random.key_data(typed)
+    for partitionable in (True, False):
+        with jax.threefry_partitionable(partitionable):
+            for keys, wrap in ((typed, lambda k: k), (raw, jax.random.wrap_key_data)):
+                written_out, back = to_written_out(keys)
+                assert jax.random.key_impl(written_out) == impl
+                np.testing.assert_array_equal(
+                    jax.random.key_data(back(written_out)), jax.random.key_data(wrap(keys))
+                )
+                assert back(written_out).dtype == keys.dtype
+                want = jax.vmap(draws)(wrap(keys))
+                for got in (jax.vmap(draws)(written_out), jax.jit(jax.vmap(draws))(written_out)):
+                    for name in want:
+                        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_written_out_keys_leave_other_prngs_and_find_held_keys():
+    """Keys of another PRNG pass through unchanged; ``holds_keys`` finds typed keys and raw
+    uint32 pairs in an env state, and nothing in one of floats and counters."""
+    to_written_out, holds_keys = one("written_out_keys"), one("holds_keys")
+    rbg = jax.random.key(0, impl="rbg")
+    same, back = to_written_out(rbg)
+    assert same is rbg and back(same) is rbg
+    assert holds_keys({"x": jnp.zeros(3), "key": jax.random.key(0)})
+    assert holds_keys({"x": jnp.zeros(3), "key": jax.random.PRNGKey(0)})
+    assert holds_keys((jnp.zeros((4, 2), jnp.uint32),))  # raw keys of 4 envs
+    assert not holds_keys({"x": jnp.zeros((4, 2)), "t": jnp.zeros((4,), jnp.uint32)})
 
 
 # --- Episode metrics ---

@@ -70,11 +70,13 @@ the value loss's. Their 60 full-batch epochs are ``num_minibatches=1, update_epo
 update every 4000 steps ``num_envs * num_steps = 4000``.
 """
 
+import math
 from typing import Any, NamedTuple
 
 import distrax
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -315,6 +317,88 @@ def _sample(pi, noise: jax.Array) -> jax.Array:
     return noise * pi.scale_diag + pi.loc
 
 
+# --- Written-out threefry ---
+# jax's threefry2x32 keys drawn through the hash written out in jnp: the same numbers
+# (tests/test_inlined_copies.py). On a CPU jax runs its hash as a loop of five rounds of small
+# kernels, about 0.4 us a draw, and a rollout's env step draws twice (its auto-reset splits a
+# key and draws a start state); written out, XLA fuses each draw into one kernel.
+
+
+def _threefry2x32(k1, k2, x1, x2):
+    """Threefry-2x32's 20 rounds, as jax's ``threefry2x32`` computes them."""
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in ((13, 15, 26, 6), (17, 29, 16, 24))[i % 2]:
+            x1 = x1 + x2
+            x2 = x1 ^ ((x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r)))
+        x1, x2 = x1 + ks[(i + 1) % 3], x2 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x1, x2
+
+
+def _threefry_keys(key_data):
+    return jax.random.wrap_key_data(key_data, impl="threefry2x32")
+
+
+def _written_out(shape) -> bool:
+    """Whether the written-out hash draws ``shape``; jax's own draws past 2**32 counts and in
+    its older, non-partitionable layout."""
+    return jax.config.jax_threefry_partitionable and math.prod(shape) < 2**32
+
+
+def _hashed_counts(key_data, shape):
+    """The hash of the counts 0, 1, ... in ``shape``: each a 64-bit count, its high half (0
+    here) as x1 and its low half as x2, as jax's partitionable threefry lays them out."""
+    low = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
+    return _threefry2x32(key_data[0], key_data[1], jnp.zeros_like(low), low)
+
+
+def _split(key_data, shape):
+    if not _written_out(shape):
+        return jax.random.key_data(jax.random.split(_threefry_keys(key_data), shape))
+    return jnp.stack(_hashed_counts(key_data, shape), axis=-1)
+
+
+def _random_bits(key_data, bit_width, shape):
+    if bit_width == 64 or not _written_out(shape):
+        return jax.random.bits(_threefry_keys(key_data), shape, f"uint{bit_width}")
+    x1, x2 = _hashed_counts(key_data, shape)
+    return (x1 ^ x2).astype(f"uint{bit_width}")
+
+
+WRITTEN_OUT_THREEFRY = jax.extend.random.define_prng_impl(
+    key_shape=(2,),
+    seed=lambda seed: jax.random.key_data(jax.random.key(seed, impl="threefry2x32")),
+    split=_split,
+    random_bits=_random_bits,
+    fold_in=lambda data, x: jax.random.key_data(jax.random.fold_in(_threefry_keys(data), x)),
+    name="threefry2x32_written_out",
+    tag="fwo",
+)
+
+
+def written_out_keys(keys):
+    """``keys`` (jax's threefry keys, raw or typed) as WRITTEN_OUT_THREEFRY keys, and the
+    function that turns such keys back into the kind given; keys of another PRNG unchanged."""
+    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    impl = str(jax.random.key_impl(keys)) if typed else jax.config.jax_default_prng_impl
+    if impl != "threefry2x32":
+        return keys, lambda same: same
+    data = jax.random.key_data(keys) if typed else keys
+    back = (lambda k: _threefry_keys(jax.random.key_data(k))) if typed else jax.random.key_data
+    return jax.random.wrap_key_data(data, impl=WRITTEN_OUT_THREEFRY), back
+
+
+def holds_keys(tree) -> bool:
+    """Whether a pytree holds PRNG keys (typed, or raw: uint32 pairs): an env state that does
+    may keep a key its step derives, so the step must get keys of the kind it holds."""
+    return any(
+        jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        or (x.dtype == jnp.uint32 and x.shape[-1:] == (2,))
+        for x in jax.tree.leaves(tree)
+    )
+
+
 # --- Pure functions ---
 
 
@@ -538,9 +622,12 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         rng, action_key, step_key = jax.random.split(rng, 3)
         return rng, (action_key, step_key)
 
-    rng, (action_keys, step_keys) = jax.lax.scan(split, state.rng, None, config.num_steps)
+    rng, as_given = written_out_keys(state.rng)  # the same numbers, drawn faster
+    rng, (action_keys, step_keys) = jax.lax.scan(split, rng, None, config.num_steps)
     noise = jax.vmap(lambda key: _action_noise(key, state.params, config.num_envs))(action_keys)
     env_keys = jax.vmap(lambda key: jax.random.split(key, config.num_envs))(step_keys)
+    if holds_keys(state.env_state):  # its step may keep a key: hand it the kind it holds
+        env_keys = as_given(env_keys)
 
     def env_step(carry, noise_and_keys):
         env_state, obs = carry
@@ -653,7 +740,7 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
     )
 
     params = state.params.replace(net=unravel(flat_params))
-    state = TrainState(params, opt_state, env_state, obs, rng, state.update_step + 1)
+    state = TrainState(params, opt_state, env_state, obs, as_given(rng), state.update_step + 1)
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
     if config.separate_optimizers:
         metrics["critic_lr"] = critic_lr
