@@ -606,6 +606,37 @@ class KeepsItsKey(envs.wrappers.GymnaxWrapper):
 WRITTEN_OUT_ROLLOUTS = ["dpo", "lpo", "mdpo", "pdppo", "ppo", "ppo_pmoe", "ppo_rnn"]
 
 
+def hashing_key_types(jaxpr) -> set[str]:
+    """The key types that the hashing primitives (split, bits, fold_in) of a jaxpr and every
+    jaxpr nested in it take: ``key<fry>`` is jax's threefry, ``key<fwo>`` the written-out one."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("random_split", "random_bits", "random_fold_in"):
+            found.add(str(eqn.invars[0].aval.dtype))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+                    found |= hashing_key_types(getattr(sub, "jaxpr", sub))
+    return found
+
+
+@pytest.mark.parametrize("name", WRITTEN_OUT_ROLLOUTS, ids=WRITTEN_OUT_ROLLOUTS)
+def test_the_update_hashes_only_through_the_written_out_threefry(name):
+    """Every split and draw of an update, the env's own included, hashes with the written-out
+    threefry, none with jax's (a loop of small kernels on a CPU), unless the env's state holds
+    keys: the speed-up's path, which the same numbers alone would not show was taken."""
+    s = setup(name)
+    key = jax.random.PRNGKey(0)
+
+    def hashing(env):
+        state = jax.eval_shape(lambda k: s.module.init(s.config, env, s.env_params, k), key)
+        update = lambda st: s.module.update(s.config, env, s.env_params, st)  # noqa: E731
+        return hashing_key_types(jax.make_jaxpr(update)(state).jaxpr)
+
+    assert hashing(s.env) == {"key<fwo>"}
+    assert "key<fry>" in hashing(KeepsItsKey(s.env))  # the env that keeps a key: its own kind
+
+
 @pytest.mark.parametrize("name", WRITTEN_OUT_ROLLOUTS, ids=WRITTEN_OUT_ROLLOUTS)
 @pytest.mark.parametrize("key", ["raw", "typed"])
 def test_an_env_that_keeps_its_key_trains_on_the_same_numbers(name, key):

@@ -601,13 +601,14 @@ def update(config: Config, env, env_params, state: TrainState) -> tuple[TrainSta
         )
         return (params, opt_state, rng), losses
 
+    rng, as_given = written_out_keys(rolled.rng)  # the shuffles' keys drawn faster too
     (params, opt_state, rng), losses = jax.lax.scan(
-        epoch, (state.params.net, state.opt_state, rolled.rng), None, config.update_epochs
+        epoch, (state.params.net, state.opt_state, rng), None, config.update_epochs
     )
 
     params = state.params.replace(net=params)
     state = rolled.replace(
-        params=params, opt_state=opt_state, rng=rng, update_step=state.update_step + 1
+        params=params, opt_state=opt_state, rng=as_given(rng), update_step=state.update_step + 1
     )
     metrics = {**jax.tree.map(jnp.mean, losses), **_episode_metrics(traj.info), "lr": lr}
     return state, metrics
