@@ -5,7 +5,11 @@ and IQL as in their files) on a D4RL-sized dataset held on the device (``--rows`
 of hopper's shapes, 11-d observations and 3-d actions, random numbers: speed does not depend on
 the values). One seed (unbatched, as the runner runs one member), then ``--seeds`` seeds vmapped
 in one program. Each agent's ``update`` samples its batch inside the jitted scan, as in the
-runner. Timing and memory as in benchmark_ppo.py.
+runner. Timing and memory as in benchmark_ppo.py. ``MFLOP`` is the arithmetic of one update as
+XLA counts it (``cost_analysis``; a ``lax.cond`` counts as its larger branch, so an agent whose
+actor steps are delayed, TD3+BC, PRDC, A2PR, is counted as on an actor step, and a loop's body
+counts once, so PRDC's neighbour search counts as one of its blocks): where steps/s against
+IQL's is no better than MFLOP against IQL's allows, the time goes to arithmetic.
 
 When td3_bc is among the agents, it is also timed against JAX-CORL's TD3+BC (written out below
 from nissymori/JAX-CORL ``algos/td3bc.py``), one seed each, the two interleaved ``--repeats``
@@ -84,6 +88,13 @@ def measure(agent, config, dataset, updates: int, seeds: int) -> dict:
     compiled, compile_s = compile_fn(train_seeds, keys)
     run_s = run_seconds(compiled, keys)
     return {"compile_s": compile_s, "run_s": run_s, "steps_per_s": seeds * updates / run_s}
+
+
+def update_flops(agent, config, dataset) -> float:
+    """XLA's count of one update's floating-point operations (one seed)."""
+    state = jax.jit(lambda key: agent.init(config, dataset, key))(jax.random.key(0))
+    update = jax.jit(lambda state: agent.update(config, dataset, state))
+    return update.lower(state).compile().cost_analysis()["flops"]
 
 
 def sized(name: str, args) -> dict:
@@ -333,16 +344,20 @@ def main():
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0]}")
     dataset = fake_dataset(args.rows)
     print(f"dataset: {args.rows:,} transitions on device, {args.updates} gradient steps per seed")
-    print(f"{'agent':<8} {'seeds':>5} {'compile s':>9} {'run s':>7} {'steps/s':>9} {'peak MiB':>9}")
+    print(
+        f"{'agent':<8} {'seeds':>5} {'compile s':>9} {'run s':>7} {'steps/s':>9} "
+        f"{'peak MiB':>9} {'MFLOP':>7}"
+    )
     names = args.agents.split(",")
     for name in [n for n in names if n not in MODEL_BASED]:
         agent = agents.get(name)
         config = agent.Config(total_updates=args.updates)
+        flops = update_flops(agent, config, dataset)
         for seeds in (1, args.seeds):
             r = measure(agent, config, dataset, args.updates, seeds)
             print(
                 f"{name:<8} {seeds:>5} {r['compile_s']:9.1f} {r['run_s']:7.2f} "
-                f"{r['steps_per_s']:9,.0f} {peak_memory()[0]:9.0f}"
+                f"{r['steps_per_s']:9,.0f} {peak_memory()[0]:9.0f} {flops / 1e6:7,.0f}"
             )
     for name in [n for n in names if n in MODEL_BASED]:
         agent = agents.get(name)

@@ -43,8 +43,8 @@ mask 0.4 and gamma 0.995; the code's command-line default mask is 0.5), Adam at 
 actor, critics and V and Adam's default 1e-3 for the VAE. Observations are normalized by the
 dataset's statistics, (s - mu) / (sigma + 1e-3), as the code does; rewards are not rescaled.
 Actions are assumed in [-1, 1] (the D4RL convention). Timeouts are not terminals. The VAE sets
-the cost: with 256 x 256 networks and batch 256 an update took about 1.8x IQL's time with a
-256 x 256 VAE and about 6x with the paper's 750 x 750 (one CPU core).
+the cost: with 256 x 256 networks and batch 256 an update holds 1.65x IQL's arithmetic with a
+256 x 256 VAE and 5.3x with the paper's 750 x 750, and took 1.8-2x and 5.3-6x its time on a CPU.
 """
 
 from typing import Any
